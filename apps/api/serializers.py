@@ -1,0 +1,204 @@
+"""REST serializers. Input serializers reject unknown fields: a typo or an
+attempt to pass an image string, a mount or a flag is an error, not ignored."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rest_framework import serializers
+
+from apps.catalog.models import Dataset, ModelImage
+from apps.hosts.models import Host
+from apps.runs.models import Comparison, Experiment, Run, RunEvent, RunShard
+
+
+class StrictMixin(serializers.Serializer):
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({k: ["Unknown field."] for k in unknown})
+        return super().to_internal_value(data)
+
+
+class DatasetSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Dataset
+        fields = [
+            "id",
+            "name",
+            "version",
+            "task",
+            "description",
+            "license",
+            "source_uri",
+            "manifest_sha256",
+            "sample_count",
+            "total_bytes",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class DatasetRegisterSerializer(StrictMixin):
+    uri = serializers.CharField(max_length=1000, help_text="file:///dir/ under a configured dataset root")
+
+
+class ModelImageSerializer(StrictMixin, serializers.ModelSerializer):
+    # Declared without the unique validator: registering an existing name updates it.
+    name = serializers.SlugField(max_length=100)
+
+    class Meta:
+        model = ModelImage
+        fields = [
+            "id",
+            "name",
+            "image",
+            "digest",
+            "requires_gpu",
+            "gpus",
+            "network",
+            "default_params",
+            "description",
+            "endpoint_base_url",
+            "endpoint_model",
+            "endpoint_api_key_env",
+            "endpoint_max_concurrency",
+            "endpoint_timeout_s",
+            "created_at",
+        ]
+        read_only_fields = ["id", "created_at"]
+
+
+class ParamsField(serializers.JSONField):
+    """Model params: a small JSON object, handed to the container as params.json only."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        value = super().to_internal_value(data)
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("params must be a JSON object.")
+        if len(json.dumps(value)) > 16_000:
+            raise serializers.ValidationError("params must be under 16 kB of JSON.")
+        return value
+
+
+class ExperimentSerializer(StrictMixin, serializers.ModelSerializer):
+    model = serializers.SlugRelatedField(slug_field="name", queryset=ModelImage.objects.all())
+    dataset = serializers.PrimaryKeyRelatedField(queryset=Dataset.objects.all())
+    params = ParamsField(required=False, default=dict)
+    owner = serializers.CharField(source="owner.username", read_only=True)
+
+    class Meta:
+        model = Experiment
+        fields = ["id", "name", "model", "dataset", "prompt", "params", "owner", "created_at"]
+        read_only_fields = ["id", "owner", "created_at"]
+
+
+class RunStartSerializer(StrictMixin):
+    experiment = serializers.PrimaryKeyRelatedField(queryset=Experiment.objects.all())
+    shards = serializers.IntegerField(min_value=1, max_value=64, default=1)
+
+
+class RunShardSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = RunShard
+        fields = ["index", "attempt", "state", "host", "done", "total", "errors", "predictions_uri"]
+
+
+class RunEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = RunEvent
+        fields = ["kind", "stage", "host", "shard", "message", "created_at"]
+
+
+class RunSerializer(serializers.ModelSerializer):
+    progress = serializers.FloatField(read_only=True)
+    shards = RunShardSerializer(many=True, read_only=True)
+    report_url = serializers.SerializerMethodField()
+    model = serializers.CharField(source="experiment.model.name", read_only=True)
+    dataset = serializers.CharField(source="experiment.dataset.__str__", read_only=True)
+
+    class Meta:
+        model = Run
+        fields = [
+            "id",
+            "experiment",
+            "model",
+            "dataset",
+            "state",
+            "progress",
+            "progress_done",
+            "progress_total",
+            "error_reason",
+            "metrics",
+            "image_digest",
+            "manifest_sha256",
+            "predictions_uri",
+            "metrics_uri",
+            "per_sample_uri",
+            "report_uri",
+            "report_url",
+            "shards",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+    def get_report_url(self, run: Run) -> str | None:
+        if not run.report_uri:
+            return None
+        request = self.context.get("request")
+        path = f"/api/v1/runs/{run.pk}/report/"
+        return request.build_absolute_uri(path) if request else path
+
+
+class HostSerializer(serializers.ModelSerializer):
+    silent = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = Host
+        fields = [
+            "name",
+            "worker",
+            "last_seen",
+            "silent",
+            "nvml",
+            "gpus",
+            "cache",
+            "cache_bytes",
+            "cache_budget_bytes",
+            "running",
+        ]
+        read_only_fields = fields
+
+
+class ComparisonStartSerializer(StrictMixin):
+    runs = serializers.ListField(child=serializers.IntegerField(min_value=1), min_length=2, max_length=8)
+
+
+class ComparisonSerializer(serializers.ModelSerializer):
+    report_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Comparison
+        fields = [
+            "id",
+            "run_ids",
+            "dataset",
+            "state",
+            "error_reason",
+            "report_uri",
+            "report_url",
+            "created_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+    def get_report_url(self, cmp: Comparison) -> str | None:
+        if not cmp.report_uri:
+            return None
+        request = self.context.get("request")
+        path = f"/api/v1/comparisons/{cmp.pk}/report/"
+        return request.build_absolute_uri(path) if request else path

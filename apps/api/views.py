@@ -1,0 +1,183 @@
+"""REST API v1: thin views that parse, call one service, and answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from django.http import FileResponse, Http404
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, permissions, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.api import serializers as s
+from apps.catalog.models import Dataset, ModelImage
+from apps.catalog.services import RegistrationError, dataset_register, model_image_register
+from apps.hosts.models import Host
+from apps.runs.models import Comparison, Experiment, Run
+from apps.runs.selectors import artifact_path, leaderboard
+from apps.runs.services import RunError, comparison_start, run_cancel, run_start
+
+
+class IsStaffOrReadOnly(permissions.BasePermission):
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return bool(request.method in permissions.SAFE_METHODS or (request.user and request.user.is_staff))
+
+
+class DatasetViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = Dataset.objects.all()
+    serializer_class = s.DatasetSerializer
+
+    @extend_schema(request=s.DatasetRegisterSerializer, responses=s.DatasetSerializer)
+    def create(self, request: Request) -> Response:
+        ser = s.DatasetRegisterSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        try:
+            dataset = dataset_register(uri=ser.validated_data["uri"], created_by=request.user)
+        except RegistrationError as e:
+            return Response({"detail": str(e), "problems": e.problems}, status=status.HTTP_400_BAD_REQUEST)
+        return Response(s.DatasetSerializer(dataset).data, status=status.HTTP_201_CREATED)
+
+
+class ModelImageViewSet(viewsets.ReadOnlyModelViewSet, mixins.CreateModelMixin):
+    queryset = ModelImage.objects.all()
+    serializer_class = s.ModelImageSerializer
+    permission_classes = [permissions.IsAuthenticated, IsStaffOrReadOnly]
+    lookup_field = "name"
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        ser = s.ModelImageSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        model = model_image_register(**ser.validated_data)
+        return Response(s.ModelImageSerializer(model).data, status=status.HTTP_201_CREATED)
+
+
+def _visible_experiments(request: Request) -> QuerySet[Experiment]:
+    qs = Experiment.objects.select_related("model", "dataset", "owner")
+    return qs if request.user.is_staff else qs.filter(owner=request.user)
+
+
+class ExperimentViewSet(viewsets.ModelViewSet):
+    serializer_class = s.ExperimentSerializer
+    http_method_names = ["get", "post", "head", "options"]
+
+    def get_queryset(self) -> QuerySet[Experiment]:
+        return _visible_experiments(self.request)
+
+    def perform_create(self, serializer: Any) -> None:
+        serializer.save(owner=self.request.user)
+
+
+def _visible_runs(request: Request) -> QuerySet[Run]:
+    qs = Run.objects.select_related("experiment__model", "experiment__dataset").prefetch_related("shards")
+    return qs if request.user.is_staff else qs.filter(experiment__owner=request.user)
+
+
+class RunViewSet(viewsets.ReadOnlyModelViewSet):
+    serializer_class = s.RunSerializer
+
+    def get_queryset(self) -> QuerySet[Run]:
+        return _visible_runs(self.request)
+
+    @extend_schema(request=s.RunStartSerializer, responses=s.RunSerializer)
+    def create(self, request: Request) -> Response:
+        ser = s.RunStartSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        experiment = ser.validated_data["experiment"]
+        if not _visible_experiments(request).filter(pk=experiment.pk).exists():
+            return Response({"experiment": ["Not found."]}, status=status.HTTP_400_BAD_REQUEST)
+        try:
+            run = run_start(experiment=experiment, user=request.user, shards=ser.validated_data["shards"])
+        except RunError as e:
+            return Response({"detail": str(e)}, status=status.HTTP_400_BAD_REQUEST)
+        return Response(
+            s.RunSerializer(run, context={"request": request}).data, status=status.HTTP_201_CREATED
+        )
+
+    @extend_schema(request=None, responses=s.RunSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        run = self.get_object()
+        run_cancel(run=run)
+        run.refresh_from_db()
+        return Response(s.RunSerializer(run, context={"request": request}).data)
+
+    @extend_schema(responses={(200, "text/html"): bytes})
+    @action(detail=True, methods=["get"])
+    def report(self, request: Request, pk: str | None = None) -> FileResponse:
+        return _html_artifact(self.get_object().report_uri)
+
+
+def _html_artifact(uri: str) -> FileResponse:
+    path = artifact_path(uri) if uri else None
+    if path is None:
+        raise Http404("There is no report (yet), or its file is missing from the artifact store.")
+    return FileResponse(path.open("rb"), content_type="text/html")
+
+
+class ComparisonViewSet(viewsets.ReadOnlyModelViewSet):
+    """Comparison reports of 2-8 succeeded runs on the same dataset version (paired bootstrap)."""
+
+    serializer_class = s.ComparisonSerializer
+
+    def get_queryset(self) -> QuerySet[Comparison]:
+        qs = Comparison.objects.all()
+        return qs if self.request.user.is_staff else qs.filter(created_by=self.request.user)
+
+    @extend_schema(request=s.ComparisonStartSerializer, responses=s.ComparisonSerializer)
+    def create(self, request: Request) -> Response:
+        ser = s.ComparisonStartSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        ids = ser.validated_data["runs"]
+        found = {r.pk: r for r in _visible_runs(request).filter(pk__in=ids)}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            return Response({"runs": [f"Not found: {missing}."]}, status=status.HTTP_400_BAD_REQUEST)
+        try:
+            cmp = comparison_start(runs=[found[i] for i in ids], user=request.user)
+        except RunError as e:
+            return Response({"detail": str(e)}, status=status.HTTP_400_BAD_REQUEST)
+        return Response(
+            s.ComparisonSerializer(cmp, context={"request": request}).data, status=status.HTTP_201_CREATED
+        )
+
+    @extend_schema(responses={(200, "text/html"): bytes})
+    @action(detail=True, methods=["get"])
+    def report(self, request: Request, pk: str | None = None) -> FileResponse:
+        return _html_artifact(self.get_object().report_uri)
+
+
+class HostViewSet(viewsets.ReadOnlyModelViewSet):
+    """Host workers: GPUs, cached dataset versions, running containers, silent or not."""
+
+    queryset = Host.objects.all()
+    serializer_class = s.HostSerializer
+    lookup_field = "name"
+    lookup_value_regex = "[^/]+"
+
+
+class LeaderboardView(APIView):
+    """Models ranked by the primary metric per dataset version, with 95% CIs, samples/s and GPU-seconds."""
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("dataset", int, description="dataset version id"),
+            OpenApiParameter("task", str, enum=["ocr", "vqa"]),
+            OpenApiParameter("metric", str, description="rank by this metric, not the primary one"),
+        ],
+        responses={200: dict},
+    )
+    def get(self, request: Request) -> Response:
+        datasets = Dataset.objects.all()
+        if request.query_params.get("dataset"):
+            try:
+                datasets = datasets.filter(pk=int(request.query_params["dataset"]))
+            except ValueError:
+                return Response({"dataset": ["Must be an integer id."]}, status=status.HTTP_400_BAD_REQUEST)
+        if request.query_params.get("task"):
+            datasets = datasets.filter(task=request.query_params["task"])
+        metric = request.query_params.get("metric") or None
+        return Response({"results": [b.as_dict() for b in leaderboard(datasets=datasets, metric=metric)]})

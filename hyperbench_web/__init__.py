@@ -1,0 +1,1 @@
+"""HyperBench web project: settings, URLs, and the control worker's Celery app."""

@@ -1,0 +1,157 @@
+"""HyperBench web settings: one module, driven by environment variables.
+
+The embedded default (SQLite under ``var/``, local Redis, ``file://`` datasets
+and artifacts) needs no variable at all; production sets ``DATABASE_URL``,
+``CELERY_BROKER_URL``, ``SECRET_KEY`` and the storage roots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(environ.Env().str("HYPERBENCH_VAR_DIR", default=str(BASE_DIR / "var")))
+
+env = environ.Env()
+env.smart_cast = False
+
+DEBUG = env.bool("DEBUG", default=False)
+# A secret is required outside DEBUG; the demo and the tests pass one explicitly.
+SECRET_KEY = env.str("SECRET_KEY") if not DEBUG else env.str("SECRET_KEY", default="dev-only-not-secret")
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "apps.catalog",
+    "apps.runs",
+    "apps.hosts",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "hyperbench_web.urls"
+WSGI_APPLICATION = "hyperbench_web.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'hyperbench.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Web, control worker and tests write from separate processes: take the write
+    # lock at BEGIN and wait for it instead of failing with "database is locked".
+    DATABASES["default"].setdefault("OPTIONS", {}).update({"transaction_mode": "IMMEDIATE", "timeout": 30})
+    DATABASES["default"]["TEST"] = {
+        "NAME": env.str("TEST_SQLITE_PATH", default=str(VAR_DIR / "test.sqlite3"))
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+}
+SPECTACULAR_SETTINGS = {"TITLE": "HyperBench API", "VERSION": "1.0.0"}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+}
+
+# --- Celery -----------------------------------------------------------------
+# Visibility timeout policy: host tasks are acks_late, so Redis re-delivers an
+# unacknowledged message after this many seconds. It must exceed the longest
+# shard (HYPERBENCH_CONTAINER_TIMEOUT_S plus sync time), or a healthy long shard
+# would be delivered twice; the shard fence in the worker makes a double
+# delivery harmless, only wasteful.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_S", default=4 * 3600)
+}
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "control"
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+
+# --- HyperBench ---------------------------------------------------------------
+# Datasets may only come from these roots (file://) and buckets (s3://): the
+# allow-list that keeps API users from pointing the platform anywhere else.
+HYPERBENCH_DATASET_ROOTS = [
+    Path(p).resolve() for p in env.list("HYPERBENCH_DATASET_ROOTS", default=[str(VAR_DIR / "datasets")])
+]
+HYPERBENCH_ARTIFACTS_URI = env.str(
+    "HYPERBENCH_ARTIFACTS_URI", default=(VAR_DIR / "artifacts").resolve().as_uri() + "/"
+)
+HYPERBENCH_EVAL_IMAGE = env.str("HYPERBENCH_EVAL_IMAGE", default="hyperbench/eval:latest")
+HYPERBENCH_REPORT_IMAGE = env.str("HYPERBENCH_REPORT_IMAGE", default="hyperbench/report:latest")
+HYPERBENCH_CONTAINER_TIMEOUT_S = env.int("HYPERBENCH_CONTAINER_TIMEOUT_S", default=3600)
+HYPERBENCH_CONTAINER_MEMORY_MB = env.int("HYPERBENCH_CONTAINER_MEMORY_MB", default=4096)
+HYPERBENCH_CONTAINER_CPUS = env.float("HYPERBENCH_CONTAINER_CPUS", default=2.0)
+HYPERBENCH_CONTAINER_PIDS = env.int("HYPERBENCH_CONTAINER_PIDS", default=256)
+HYPERBENCH_MAX_SHARDS = env.int("HYPERBENCH_MAX_SHARDS", default=64)
+# A running shard with no news for this long, whose host does not report its
+# container, is dispatched again (at most 3 attempts); the reconciler looks
+# every HYPERBENCH_RECONCILE_S seconds (celery beat inside the control worker).
+HYPERBENCH_STALE_SHARD_S = env.int("HYPERBENCH_STALE_SHARD_S", default=300)
+HYPERBENCH_RECONCILE_S = env.int("HYPERBENCH_RECONCILE_S", default=60)
+CELERY_BEAT_SCHEDULE = {
+    "reconcile": {
+        "task": "hyperbench.control.reconcile",
+        "schedule": float(HYPERBENCH_RECONCILE_S),
+        "options": {"queue": "control", "expires": float(HYPERBENCH_RECONCILE_S)},
+    },
+}
+# A host that has not reported for this long (three heartbeats) is shown as silent.
+HYPERBENCH_HOST_SILENT_S = env.int("HYPERBENCH_HOST_SILENT_S", default=90)
