@@ -1,0 +1,101 @@
+"""Host worker settings, from environment variables (no Django here).
+
+A GPU host is configured with a handful of variables in its systemd unit; see
+docs/operations.md. Everything has a default that works for the one-machine
+setup under ``var/``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+
+
+def _paths(value: str) -> list[Path]:
+    return [Path(p).resolve() for p in value.split(",") if p.strip()]
+
+
+def _words(value: str) -> list[str]:
+    return [w.strip() for w in value.split(",") if w.strip()]
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as e:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from e
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    broker_url: str
+    var_dir: Path
+    work_dir: Path
+    cache_dir: Path
+    dataset_roots: list[Path]
+    artifact_roots: list[Path]
+    hostname: str
+    container_user: str = "10001:10001"
+    tmpfs_mb: int = 512
+    log_tail_lines: int = 200
+    visibility_timeout_s: int = 4 * 3600
+    docker_timeout_s: int = 60
+    gpu_wait_s: int = 3600
+    gpu_retry_s: int = 15
+    gpu_max_memory_used_fraction: float = 0.1
+    heartbeat_s: int = 30
+    api_endpoint_hosts: tuple[str, ...] = ()  # empty: any endpoint a staff member registered
+    # S3 datasets and the node cache (worker/nodecache.py); endpoint, keys and buckets come from here only.
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = field(default="", repr=False)
+    s3_session_token: str = field(default="", repr=False)
+    s3_buckets: tuple[str, ...] = ()
+    s3_concurrency: int = 64
+    s3_max_attempts: int = 5
+    s3_read_timeout_s: float = 30.0
+    cache_budget_bytes: int = 100 * 1024**3
+    cache_lock_timeout_s: int = 3600
+    cache_verify: str = "stat"
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def load() -> HostConfig:
+    var_dir = Path(os.environ.get("HYPERBENCH_VAR_DIR", str(REPO_DIR / "var"))).resolve()
+    return HostConfig(
+        broker_url=os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"),
+        var_dir=var_dir,
+        work_dir=Path(os.environ.get("HYPERBENCH_WORK_DIR", str(var_dir / "work"))).resolve(),
+        cache_dir=Path(os.environ.get("HYPERBENCH_CACHE_DIR", str(var_dir / "cache"))).resolve(),
+        dataset_roots=_paths(os.environ.get("HYPERBENCH_DATASET_ROOTS", str(var_dir / "datasets"))),
+        artifact_roots=_paths(os.environ.get("HYPERBENCH_ARTIFACT_ROOTS", str(var_dir / "artifacts"))),
+        hostname=os.environ.get("HYPERBENCH_HOSTNAME", socket.gethostname()),
+        visibility_timeout_s=_int("CELERY_VISIBILITY_TIMEOUT_S", 4 * 3600),
+        docker_timeout_s=_int("HYPERBENCH_DOCKER_TIMEOUT_S", 60),
+        gpu_wait_s=_int("HYPERBENCH_GPU_WAIT_S", 3600),
+        gpu_retry_s=_int("HYPERBENCH_GPU_RETRY_S", 15),
+        heartbeat_s=_int("HYPERBENCH_HEARTBEAT_S", 30),
+        api_endpoint_hosts=tuple(
+            h for h in os.environ.get("HYPERBENCH_API_ENDPOINT_HOSTS", "").split(",") if h
+        ),
+        s3_endpoint_url=os.environ.get("HYPERBENCH_S3_ENDPOINT_URL") or None,
+        s3_region=os.environ.get("HYPERBENCH_S3_REGION") or "us-east-1",
+        s3_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", ""),
+        s3_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+        s3_session_token=os.environ.get("AWS_SESSION_TOKEN", ""),
+        s3_buckets=tuple(_words(os.environ.get("HYPERBENCH_S3_BUCKETS", ""))),
+        s3_concurrency=_int("HYPERBENCH_S3_CONCURRENCY", 64),
+        s3_max_attempts=_int("HYPERBENCH_S3_MAX_ATTEMPTS", 5),
+        s3_read_timeout_s=_int("HYPERBENCH_S3_READ_TIMEOUT_S", 30),
+        cache_budget_bytes=_int("HYPERBENCH_CACHE_BUDGET_BYTES", 100 * 1024**3),
+        cache_lock_timeout_s=_int("HYPERBENCH_CACHE_LOCK_TIMEOUT_S", 3600),
+        cache_verify=os.environ.get("HYPERBENCH_CACHE_VERIFY", "stat"),
+    )

@@ -1,0 +1,192 @@
+"""The contract between the web side and the host worker.
+
+This is the one module of ``worker`` that the Django side imports: task names,
+queue names, and the JSON payloads that travel in Celery messages. It imports
+nothing but the standard library, so both sides can depend on it without
+dragging each other's dependencies along.
+
+Payloads are plain JSON (``TypedDict``), never model objects: a GPU host has no
+Django and no DB, and a message must stay readable by an older or newer peer.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NotRequired, TypedDict
+
+SPEC_VERSION = 1
+CONTAINER_CONTRACT_VERSION = 1
+
+
+class Queue:
+    CONTROL = "control"  # control worker, next to Django: the only writer of the DB
+    GPU = "gpu"  # host workers with GPUs: inference of GPU models
+    CPU = "cpu"  # host workers: CPU inference, evaluation, report
+
+
+# Host tasks (queues gpu/cpu), consumed by worker.tasks.
+TASK_INFER_SHARD = "hyperbench.host.infer_shard"
+TASK_EVALUATE = "hyperbench.host.evaluate"
+TASK_REPORT = "hyperbench.host.report"
+TASK_COMPARE = "hyperbench.host.compare"
+
+# Control tasks (queue control), consumed by apps.runs.tasks.
+TASK_RECORD_EVENT = "hyperbench.control.record_event"
+TASK_HOST_HEARTBEAT = "hyperbench.control.host_heartbeat"
+TASK_RECORD_COMPARISON = "hyperbench.control.record_comparison"
+
+
+class DatasetRef(TypedDict):
+    name: str
+    version: str
+    task: Literal["ocr", "vqa"]
+    uri: str  # file:///abs/dir/ or s3://bucket/prefix/
+    manifest_sha256: str
+    sample_count: int
+
+
+class Endpoint(TypedDict):
+    """An API model's endpoint, from the registered model (never from run input)."""
+
+    base_url: str
+    model: str
+    api_key_env: str  # name of a variable on the host worker; the key never travels in messages
+    max_concurrency: int
+    timeout_s: int
+
+
+class ModelRef(TypedDict):
+    name: str
+    image: str  # registered image reference, e.g. hyperbench/ocr-rapidocr:latest
+    digest: str  # the image id (sha256:...) recorded at registration; checked before each run
+    requires_gpu: bool
+    gpus: int
+    network: bool  # only API models get egress; everything else runs with network "none"
+    endpoint: NotRequired[Endpoint]
+
+
+class SystemImageRef(TypedDict):
+    image: str
+    digest: str
+
+
+class Limits(TypedDict):
+    timeout_s: int  # wall-clock deadline of one container
+    memory_mb: int
+    cpus: float
+    pids: int
+
+
+class RunSpec(TypedDict):
+    """Frozen at run start; everything a host worker needs, nothing it may choose."""
+
+    spec_version: int
+    run_id: int
+    dataset: DatasetRef
+    model: ModelRef
+    params: dict[str, object]  # the model's default params merged with the experiment's
+    prompt: str
+    shards: int
+    artifacts_uri: str  # file:///abs/dir/runs/<id>/ or s3://bucket/prefix/runs/<id>/
+    eval_image: SystemImageRef
+    report_image: SystemImageRef
+    limits: Limits
+    summary: dict[str, object]  # model/dataset/experiment facts shown in the report
+
+
+class CompareRun(TypedDict):
+    run_id: int
+    metrics_uri: str
+    per_sample_uri: str
+    predictions_uri: str
+    facts: dict[str, object]  # shown in the report: model, digest, params, timings
+
+
+class CompareTask(TypedDict):
+    """A comparison report of two or more runs on the same dataset version."""
+
+    comparison_id: int
+    dataset: DatasetRef
+    runs: list[CompareRun]
+    report_image: SystemImageRef
+    limits: Limits
+    artifacts_uri: str  # .../comparisons/<id>/
+
+
+class ComparisonResult(TypedDict):
+    comparison_id: int
+    ok: bool
+    host: str
+    report_uri: NotRequired[str]
+    reason: NotRequired[str]
+
+
+class ShardTask(TypedDict):
+    spec: RunSpec
+    shard: int
+    attempt: int
+    gpu_wait_since: NotRequired[float]  # set by the host worker while the shard waits for a GPU
+
+
+EventKind = Literal[
+    "started",  # a stage began on a host
+    "progress",  # samples done / total for a shard
+    "shard_succeeded",
+    "evaluated",
+    "reported",
+    "failed",  # a stage failed; reason says what to do about it
+    "log",
+]
+
+
+class Event(TypedDict):
+    run_id: int
+    kind: EventKind
+    stage: Literal["sync", "infer", "evaluate", "report"]
+    host: str
+    shard: NotRequired[int]
+    attempt: NotRequired[int]
+    done: NotRequired[int]
+    total: NotRequired[int]
+    message: NotRequired[str]
+    reason: NotRequired[str]
+    # shard_succeeded: artifact URI of the shard's predictions + counts
+    # evaluated: metrics.json content + artifact URIs
+    # reported: report URI
+    data: NotRequired[dict[str, object]]
+    ts: float
+
+
+class CachedDataset(TypedDict):
+    name: str
+    version: str
+    manifest_sha256: str
+    bytes: int
+    last_used: float  # unix time
+    in_use: bool
+
+
+class RunningContainer(TypedDict):
+    run: int
+    shard: int | None
+    stage: str
+    gpus: list[str]
+    started: str
+
+
+class HostReport(TypedDict):
+    """Sent by every host worker every ``heartbeat_s`` seconds."""
+
+    host: str
+    worker: str  # the Celery node name
+    ts: float
+    gpus: list[dict[str, object]]  # worker.gpus.GpuInfo; [] where NVML is absent
+    nvml: bool
+    cache: list[CachedDataset]
+    cache_bytes: int
+    cache_budget_bytes: int
+    running: list[RunningContainer]
+
+
+def shard_of(index: int, shards: int) -> int:
+    """Sample ``index`` (0-based line number in the manifest) goes to this shard."""
+    return index % shards
