@@ -1,0 +1,43 @@
+"""The OCR baseline of bench/containers.py: RapidOCR in a bare loop, inside the ocr-rapidocr image.
+
+Mounted read-only into the image and run with its Python (entrypoint
+override). The engine comes from the image's own ``entrypoint.make_engine``
+with the same (default) params the platform run uses, so both sides run one
+engine configuration. Only the loop is timed, after the same warm-up the SDK
+does: each sample's end is noted. Prints one JSON line: {"n", "span_s",
+"intervals_s"} (end of sample k minus end of sample k-1, from the 2nd on).
+
+    python /bench/ocr_bare_loop.py /data/manifest.jsonl <n>
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, "/opt/hyperbench")
+
+import entrypoint  # noqa: E402 - the image's module, found through the path above
+
+
+def main() -> int:
+    manifest, n = Path(sys.argv[1]), int(sys.argv[2])
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()][:n]
+    paths = [str(manifest.parent / r["image"]) for r in rows]
+    params: dict[str, object] = {}
+    entrypoint.warmup(params)
+    engine = entrypoint.engine(params)
+    done_at = []
+    for p in paths:
+        engine(p)
+        done_at.append(time.perf_counter())
+    # Sample k's time = its end minus sample k-1's end: what the platform side sees from the host.
+    intervals = [b - a for a, b in zip(done_at, done_at[1:], strict=False)]
+    print(json.dumps({"n": len(paths), "span_s": done_at[-1] - done_at[0], "intervals_s": intervals}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,534 @@
+"""The model images of issue 5 and the bring-your-own-model validator, with the real engine.
+
+- ocr-tesseract on rendered lines (CER) and a garbage image, under --network none
+  and the rest of the hardened flags;
+- vlm-openai against tests/fake_openai.py on loopback (--network host, as an API
+  model runs: the engine has no bridge), hardened otherwise: answers, retries,
+  usage and latency, bounded concurrency, a dead endpoint, config refusals;
+- ``python -m worker.validate_image`` on the template image (PASS), on an API
+  model with an endpoint file (PASS) and on a broken image built here (FAIL).
+
+Needs a running Docker engine and the images (scripts/build-images.sh
+ocr-tesseract vlm-openai template). FAILS, never skips, when one is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import jiwer
+import pytest
+from fake_openai import ANSWERS, FakeOpenAI
+from PIL import Image, ImageDraw, ImageFont
+
+from worker import validate_image
+
+ROOT = Path(__file__).resolve().parents[1]
+VERSION = (ROOT / "images" / "VERSION").read_text().strip()
+TESSERACT_IMAGE = f"hyperbench/ocr-tesseract:{VERSION}"
+VLM_IMAGE = f"hyperbench/vlm-openai:{VERSION}"
+TEMPLATE_IMAGE = f"hyperbench/template:{VERSION}"
+FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+
+HARDENED = [
+    "--read-only",
+    "--tmpfs", "/tmp:rw,size=64m",
+    "--cap-drop", "ALL",
+    "--security-opt", "no-new-privileges",
+    "--user", "10001",
+    "--memory", "1g",
+    "--pids-limit", "256",
+]  # fmt: skip
+
+CLEAN_TEXTS = {
+    "t1": ["The quick brown fox jumps", "over the lazy dog 12345", "Invoice total: 42.50 EUR"],
+    "t2": ["HyperBench reads documents", "Second line of text here", "Order number 7781 shipped"],
+}
+VQA = {
+    "q1": "What is the total?",
+    "q2": "Who is the vendor?",
+    "q3": "Which page is this?",
+    "q4": "What is the date?",
+    "q5": "Is it paid?",
+    "q6": "Who signed it?",
+}
+
+
+def docker_run(
+    image: str, mounts: list[str], *, network: str = "none", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    name = f"hb-test-{uuid.uuid4().hex[:10]}"
+    cmd = ["docker", "run", "--rm", "--name", name, "--network", network, *HARDENED]
+    cmd += ["--label", "io.hyperbench.test=1"]
+    for k, v in (env or {}).items():
+        cmd += ["-e", f"{k}={v}"]
+    for m in mounts:
+        cmd += ["-v", m]
+    cmd.append(image)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        raise
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def model_images() -> None:
+    assert shutil.which("docker"), "docker CLI not found: run scripts/ensure-docker.sh"
+    for image in (TESSERACT_IMAGE, VLM_IMAGE, TEMPLATE_IMAGE):
+        r = subprocess.run(["docker", "image", "inspect", image], capture_output=True, timeout=60)
+        assert r.returncode == 0, f"image {image} missing: run scripts/build-images.sh"
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def render(path: Path, lines: list[str], size: int = 30) -> None:
+    font = ImageFont.truetype(FONT, size)
+    img = Image.new("RGB", (900, 60 + 60 * len(lines)), "white")
+    draw = ImageDraw.Draw(img)
+    for i, line in enumerate(lines):
+        draw.text((30, 30 + 60 * i), line, fill="black", font=font)
+    img.save(path)
+
+
+def open_tree(root: Path) -> None:
+    for p in [root, *root.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+class Job:
+    """A job directory: input.jsonl, params.json, optional endpoint.json, a writable output/."""
+
+    def __init__(self, root: Path, samples: list[dict[str, Any]], raw_params: dict[str, Any]) -> None:
+        self.root = root
+        root.mkdir()
+        (root / "input.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+        (root / "params.json").write_text(json.dumps(raw_params))
+        open_tree(root)
+        self.out = root / "output"
+        self.out.mkdir()
+        self.out.chmod(0o777)
+
+    def endpoint(self, cfg: dict[str, Any]) -> str:
+        path = self.root / "endpoint.json"
+        path.write_text(json.dumps(cfg))
+        path.chmod(0o644)
+        return f"{path}:/job/endpoint.json:ro"
+
+    def mounts(self, data: Path) -> list[str]:
+        return [
+            f"{data}:/data:ro",
+            f"{self.root / 'input.jsonl'}:/job/input.jsonl:ro",
+            f"{self.root / 'params.json'}:/job/params.json:ro",
+            f"{self.out}:/job/output",
+        ]
+
+    def predictions(self) -> dict[str, dict[str, Any]]:
+        rows = read_jsonl(self.out / "predictions.jsonl")
+        ids = [r["id"] for r in rows]
+        assert len(ids) == len(set(ids)), ids
+        return {r["id"]: r for r in rows}
+
+    def progress(self) -> dict[str, Any]:
+        return dict(json.loads((self.out / "progress.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("model-images")
+    root.chmod(0o755)
+    yield root
+
+
+# ----------------------------------------------------------------------------- ocr-tesseract
+
+
+@pytest.fixture(scope="module")
+def ocr_data(workdir: Path) -> Path:
+    data = workdir / "ocr-data"
+    (data / "images").mkdir(parents=True)
+    for sid, lines in CLEAN_TEXTS.items():
+        render(data / "images" / f"{sid}.png", lines)
+    (data / "images" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image \x00\xff" * 20)
+    open_tree(data)
+    return data
+
+
+def ocr_samples() -> list[dict[str, Any]]:
+    return [{"id": s, "image": f"images/{s}.png"} for s in [*CLEAN_TEXTS, "bad"]]
+
+
+@pytest.mark.docker
+def test_tesseract_reads_clean_lines_and_isolates_a_garbage_image(
+    model_images: None, workdir: Path, ocr_data: Path
+) -> None:
+    job = Job(workdir / "tess-job", ocr_samples(), {"params": {"psm": 3, "lang": "eng"}, "task": "ocr"})
+    proc = docker_run(TESSERACT_IMAGE, job.mounts(ocr_data))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    preds = job.predictions()
+    assert set(preds) == {"t1", "t2", "bad"}
+    for sid, lines in CLEAN_TEXTS.items():
+        p = preds[sid]
+        assert p["error"] is None, p
+        assert isinstance(p["latency_ms"], float) and p["latency_ms"] > 0
+        cer = jiwer.cer("\n".join(lines), p["prediction"])
+        print(f"Tesseract CER {sid}: {cer:.4f}  {p['prediction']!r}")
+        assert cer < 0.2, (sid, p["prediction"])
+    assert preds["bad"]["prediction"] is None
+    assert "tesseract exited" in preds["bad"]["error"], preds["bad"]
+    assert job.progress()["done"] == job.progress()["total"] == 3
+
+
+@pytest.mark.docker
+def test_tesseract_refuses_params_outside_the_allow_list(
+    model_images: None, workdir: Path, ocr_data: Path
+) -> None:
+    for i, params in enumerate(({"lang": "eng;rm -rf /"}, {"psm": 0}, {"lang": "deu"})):
+        job = Job(workdir / f"tess-bad-{i}", ocr_samples()[:1], {"params": params})
+        proc = docker_run(TESSERACT_IMAGE, job.mounts(ocr_data))
+        assert proc.returncode == 2, (params, proc.stderr)
+        assert "bad params" in proc.stderr
+        assert not (job.out / "predictions.jsonl").exists()
+
+
+# ----------------------------------------------------------------------------- vlm-openai
+
+
+@pytest.fixture(scope="module")
+def vqa_data(workdir: Path) -> Path:
+    data = workdir / "vqa-data"
+    (data / "images").mkdir(parents=True)
+    for i, sid in enumerate(VQA):
+        render(data / "images" / f"{sid}.png", [f"Document {i}", "Total 42.50"], size=20 + i)
+    open_tree(data)
+    return data
+
+
+def vqa_samples() -> list[dict[str, Any]]:
+    return [{"id": sid, "image": f"images/{sid}.png", "question": q} for sid, q in VQA.items()]
+
+
+def expected_answer(question: str) -> str:
+    return ANSWERS.get(question, f"echo: {question}")
+
+
+@pytest.mark.docker
+def test_vlm_openai_answers_with_retries_usage_and_bounded_concurrency(
+    model_images: None, workdir: Path, vqa_data: Path
+) -> None:
+    samples = [*vqa_samples(), {"id": "gone", "image": "images/missing.png", "question": "?"}]
+    params = {"max_concurrency": 2, "backoff_s": 0.05, "max_retries": 4, "timeout_s": 10}
+    job = Job(workdir / "vlm-job", samples, {"params": params, "prompt": "", "task": "vqa"})
+    with FakeOpenAI(fail_first=3, delay_s=0.3) as srv:
+        endpoint = job.endpoint({"base_url": srv.base_url, "model": "fake-vlm", "api_key": "sk-test-123"})
+        proc = docker_run(VLM_IMAGE, [*job.mounts(vqa_data), endpoint], network="host")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "sk-test-123" not in proc.stderr  # the key never reaches the log
+    st = srv.state
+    preds = job.predictions()
+    assert set(preds) == {*VQA, "gone"}
+    for sid, question in VQA.items():
+        p = preds[sid]
+        assert p["error"] is None, p
+        assert p["prediction"] == expected_answer(question)
+        assert p["latency_ms"] >= 300  # the server holds every answer 0.3 s
+        assert p["wall_ms"] >= p["latency_ms"]
+        assert set(p["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
+        assert p["usage"]["prompt_tokens"] > 100 and p["usage"]["completion_tokens"] >= 1
+        assert p["finish_reason"] == "stop"
+    # the missing image is that sample's error, and costs no request
+    assert preds["gone"]["prediction"] is None and "image not found" in preds["gone"]["error"]
+    # 3 injected failures (503, 429, 503), each retried: every sample answered once
+    assert st.statuses.count(503) == 2 and st.statuses.count(429) == 1
+    assert st.answered == len(VQA) and st.requests == len(VQA) + 3
+    assert sum(p["attempts"] for sid, p in preds.items() if sid != "gone") == len(VQA) + 3
+    # bounded concurrency: never more than max_concurrency in flight, and the pool was used
+    assert st.max_in_flight == 2, st.max_in_flight
+    assert set(st.auth) == {"Bearer sk-test-123"}
+    assert set(st.models) == {"fake-vlm"}
+    sent = sorted(st.image_sha256)
+    files = sorted(hashlib.sha256((vqa_data / "images" / f"{s}.png").read_bytes()).hexdigest() for s in VQA)
+    assert sent == files
+    assert sorted(p.rsplit("Question: ", 1)[1] for p in st.prompts) == sorted(VQA.values())
+    assert job.progress()["done"] == job.progress()["total"] == len(samples)
+
+
+@pytest.mark.docker
+def test_vlm_openai_dead_endpoint_gives_per_sample_errors(
+    model_images: None, workdir: Path, vqa_data: Path
+) -> None:
+    samples = vqa_samples()[:3]
+    params = {"max_concurrency": 3, "backoff_s": 0.01, "max_retries": 1}
+    job = Job(workdir / "vlm-dead", samples, {"params": params, "task": "vqa"})
+    with FakeOpenAI(fail_always=500) as srv:
+        endpoint = job.endpoint({"base_url": srv.base_url, "model": "fake-vlm"})
+        proc = docker_run(VLM_IMAGE, [*job.mounts(vqa_data), endpoint], network="host")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    preds = job.predictions()
+    assert set(preds) == {s["id"] for s in samples}
+    for p in preds.values():
+        assert p["prediction"] is None
+        assert "HTTP 500" in p["error"] and "gave up after 2 attempt(s)" in p["error"], p
+        assert p["attempts"] == 2 and p["usage"] is None
+    assert srv.state.requests == 2 * len(samples)
+    assert set(srv.state.auth) == {""}  # no key configured: no Authorization header
+    assert job.progress() | {"ts": 0} == {"done": 3, "total": 3, "errors": 3, "ts": 0}
+
+
+@pytest.mark.docker
+def test_vlm_openai_env_fallback_default_prompt_and_ocr_task(
+    model_images: None, workdir: Path, vqa_data: Path
+) -> None:
+    """No endpoint.json: HB_OPENAI_* from the environment; an OCR task gets the default OCR prompt."""
+    job = Job(workdir / "vlm-env", [{"id": "q1", "image": "images/q1.png"}], {"params": {}, "task": "ocr"})
+    with FakeOpenAI() as srv:
+        env = {"HB_OPENAI_BASE_URL": srv.base_url, "HB_OPENAI_MODEL": "env-model", "HB_OPENAI_API_KEY": "k"}
+        proc = docker_run(VLM_IMAGE, job.mounts(vqa_data), network="host", env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert job.predictions()["q1"]["prediction"] == "transcript"
+    assert srv.state.models == ["env-model"] and srv.state.auth == ["Bearer k"]
+    assert srv.state.prompts[0].startswith("Transcribe all the text")
+
+
+@pytest.mark.docker
+def test_vlm_openai_refuses_endpoint_from_run_params_and_missing_endpoint(
+    model_images: None, workdir: Path, vqa_data: Path
+) -> None:
+    samples = vqa_samples()[:1]
+    with FakeOpenAI() as srv:
+        job = Job(workdir / "vlm-evil", samples, {"params": {"base_url": "http://example.com/v1"}})
+        endpoint = job.endpoint({"base_url": srv.base_url, "model": "m"})
+        proc = docker_run(VLM_IMAGE, [*job.mounts(vqa_data), endpoint], network="host")
+        assert proc.returncode == 2 and "may not set base_url" in proc.stderr, proc.stderr
+        job = Job(workdir / "vlm-noendpoint", samples, {"params": {}})
+        proc = docker_run(VLM_IMAGE, job.mounts(vqa_data), network="none")
+        assert proc.returncode == 2 and "no endpoint configured" in proc.stderr, proc.stderr
+        assert srv.state.requests == 0
+
+
+def test_vlm_openai_request_shape_without_docker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request body and prompt rendering, in-process (fast, no engine)."""
+    monkeypatch.syspath_prepend(str(ROOT / "images" / "sdk"))
+    monkeypatch.syspath_prepend(str(ROOT / "images" / "vlm-openai"))
+    import vlm_openai_entry as v
+
+    ep = v.Endpoint("http://127.0.0.1:1/v1/chat/completions", "m", None, 8, None)
+    opts = v.load_options({"params": {"system": "be brief", "image_detail": "low"}, "task": "vqa"}, ep)
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
+    body = v.build_request({"id": "a", "question": "Total?"}, png, opts, "m")
+    assert body["messages"][0] == {"role": "system", "content": "be brief"}
+    text, image = body["messages"][1]["content"]
+    assert text["text"].endswith("Question: Total?")
+    assert image["image_url"]["detail"] == "low"
+    assert base64.b64decode(image["image_url"]["url"].split(",", 1)[1]) == png
+    assert v.render_prompt("Read: {question}", {"question": "x"}) == "Read: x"
+    assert v.render_prompt("Read it.", {"question": "x"}) == "Read it.\n\nQuestion: x"
+    assert v.chat_url("https://api.example.com/v1/") == "https://api.example.com/v1/chat/completions"
+    with pytest.raises(v.ConfigError):
+        v.chat_url("file:///etc/passwd")
+    with pytest.raises(v.ConfigError):
+        v.load_options({"params": {"max_concurrency": 9}}, ep)  # above the operator's cap of 8
+    with pytest.raises(ValueError):
+        v.image_mime(b"GIF00a not an image")
+
+
+# ----------------------------------------------------------------------------- validate_image
+
+
+def run_validator(argv: list[str]) -> tuple[int, str]:
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        code = validate_image.main(argv)
+    print(buf.getvalue())
+    return code, buf.getvalue()
+
+
+@pytest.mark.docker
+def test_validate_image_passes_the_template(model_images: None) -> None:
+    code, out = run_validator([TEMPLATE_IMAGE])
+    assert code == 0, out
+    assert "RESULT: PASS" in out and "FAIL " not in out
+    assert "--network none" in out
+
+
+@pytest.mark.docker
+def test_validate_image_passes_an_api_model_with_an_endpoint_file(model_images: None, tmp_path: Path) -> None:
+    with FakeOpenAI() as srv:
+        ep = tmp_path / "endpoint.json"
+        ep.write_text(json.dumps({"base_url": srv.base_url, "model": "fake-vlm"}))
+        code, out = run_validator([VLM_IMAGE, "--task", "vqa", "--endpoint", str(ep)])
+    assert code == 0, out
+    assert srv.state.answered == 3
+    assert "host network (API model)" in out
+
+
+BROKEN_MODEL = """
+import json
+samples = [json.loads(l) for l in open("/job/input.jsonl") if l.strip()]
+with open("/job/output/predictions.jsonl", "w") as f:
+    f.write(json.dumps({"id": "not-in-shard", "prediction": "x", "latency_ms": 1.0, "error": None}) + "\\n")
+    f.write(json.dumps({"id": samples[0]["id"], "prediction": 42, "latency_ms": -1, "error": None}) + "\\n")
+    f.write(json.dumps({"id": samples[0]["id"], "prediction": "2", "latency_ms": 1, "error": None}) + "\\n")
+with open("/job/output/progress.json", "w") as f:
+    json.dump({"done": 1, "total": 3}, f)
+"""
+
+
+@pytest.fixture
+def broken_image(model_images: None, tmp_path: Path) -> Iterator[str]:
+    """A tiny image of the test's own, FROM the project's base, that breaks the contract but exits 0."""
+    base = subprocess.run(
+        ["docker", "image", "inspect", "-f", '{{index .Config.Labels "io.hyperbench.base"}}', TEMPLATE_IMAGE],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert base, "the template image carries no io.hyperbench.base label"
+    (tmp_path / "broken.py").write_text(BROKEN_MODEL)
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {base}\nCOPY broken.py /opt/broken.py\nUSER 10001:10001\n"
+        'ENTRYPOINT ["python3", "/opt/broken.py"]\n'
+    )
+    tag = f"hyperbench-test/broken:{uuid.uuid4().hex[:8]}"
+    build = subprocess.run(
+        ["docker", "build", "-q", "--network", "none", "-t", tag, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DOCKER_BUILDKIT": "0"},
+    )
+    assert build.returncode == 0, build.stderr
+    try:
+        yield tag
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, timeout=60)
+
+
+@pytest.mark.docker
+def test_validate_image_fails_a_broken_image_with_clear_messages(broken_image: str) -> None:
+    code, out = run_validator([broken_image])
+    assert code == 1, out
+    lines = {line.split(":", 1)[0].strip(): line for line in out.splitlines()}
+    assert lines["PASS  container exits 0 under the hardened options"]
+    assert "prediction must be a string or null, got int" in out
+    assert "latency_ms must be a number >= 0 or null, got -1" in out
+    assert "FAIL  exactly one prediction per sample (3)" in out and "more than one prediction for" in out
+    assert "FAIL  no prediction for an id that is not in the shard: unknown ids ['not-in-shard']" in out
+    assert "FAIL  progress.json is {done, total} with done == total: done=1 total=3" in out
+    assert out.strip().endswith("RESULT: FAIL (4 of 7 checks failed)")
+
+
+@pytest.mark.docker
+def test_validate_image_reports_a_crashing_image(model_images: None) -> None:
+    code, out = run_validator([f"hyperbench/testkit:{VERSION}", "--params", '{"mode": "exit"}'])
+    assert code == 1, out
+    assert "FAIL  container exits 0 under the hardened options: the container exited with code 3" in out
+    assert "testkit: failing on purpose" in out
+
+
+def test_validate_image_checks_without_docker(tmp_path: Path) -> None:
+    """The prediction checks on hand-written files (no engine)."""
+    preds = tmp_path / "predictions.jsonl"
+    preds.write_text(
+        json.dumps({"id": "a", "prediction": "x", "latency_ms": 1.5, "error": None})
+        + "\n"
+        + json.dumps({"id": "b", "prediction": None, "latency_ms": None, "error": "boom"})
+        + "\n"
+    )
+    assert all(c.ok for c in validate_image.check_predictions(preds, ["a", "b"]))
+    checks = {c.name: c for c in validate_image.check_predictions(preds, ["a", "b", "c"])}
+    assert not checks["exactly one prediction per sample (3)"].ok
+    preds.write_text('{"id": "a", "prediction": null, "latency_ms": 1, "error": null}\n{"id": "b"')
+    bad = [c for c in validate_image.check_predictions(preds, ["a", "b"]) if not c.ok]
+    assert any("torn" in c.detail and "error is not set" in c.detail for c in bad)
+    progress = tmp_path / "progress.json"
+    progress.write_text('{"done": 2, "total": 2}')
+    assert validate_image.check_progress(progress, 2).ok
+    assert not validate_image.check_progress(progress, 3).ok
+    png = validate_image._png(8, 4, [(1, 1, 3, 3)])
+    assert Image.open(io.BytesIO(png)).size == (8, 4)
+
+
+# ----------------------------------------------------------------------------- vlm-vllm (no GPU here)
+
+
+class _FakeCompletion:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.token_ids = list(range(len(text.split())))
+        self.finish_reason = "stop"
+
+
+class _FakeRequestOutput:
+    def __init__(self, text: str) -> None:
+        self.prompt_token_ids = list(range(7))
+        self.outputs = [_FakeCompletion(text)]
+
+
+class _FakeLLM:
+    """Stands in for vllm.LLM: answers the question; a conversation mentioning 'poison' breaks its batch."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def chat(self, convs: list[Any], sampling_params: Any = None, use_tqdm: bool = True) -> list[Any]:
+        self.batches.append(len(convs))
+        texts = [next(p["text"] for p in c[0]["content"] if p["type"] == "text") for c in convs]
+        if any("poison" in t for t in texts):
+            raise RuntimeError("engine rejected the request")
+        return [_FakeRequestOutput(t.rsplit("Question: ", 1)[-1]) for t in texts]
+
+
+def test_vllm_entry_batches_isolates_failures_and_records_usage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The vLLM image's logic with a fake engine (vLLM and a GPU are absent here)."""
+    data, job = tmp_path / "data", tmp_path / "job"
+    data.mkdir()
+    job.mkdir()
+    for i in range(5):
+        Image.new("RGB", (16, 16), "white").save(data / f"{i}.png")
+    samples = [{"id": f"s{i}", "image": f"{i}.png", "question": f"q{i}"} for i in range(5)]
+    samples[3]["question"] = "poison"
+    samples.append({"id": "gone", "image": "nope.png", "question": "x"})
+    (job / "input.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    monkeypatch.setenv("HB_DATA_DIR", str(data))
+    monkeypatch.setenv("HB_JOB_DIR", str(job))
+    monkeypatch.syspath_prepend(str(ROOT / "images" / "sdk"))
+    monkeypatch.syspath_prepend(str(ROOT / "images" / "vlm-vllm"))
+    import vllm_entry as v
+
+    opts = v.load_options({"params": {"batch_size": 4}, "task": "vqa"})
+    with pytest.raises(v.ConfigError):
+        v.load_options({"params": {"dtype": "int3"}})
+    llm = _FakeLLM()
+    assert v.run(llm, None, opts) == 0
+    assert llm.batches == [4, 1, 1, 1, 1, 1]  # the batch with the poison is retried one by one
+    rows = {r["id"]: r for r in read_jsonl(job / "output" / "predictions.jsonl")}
+    assert set(rows) == {s["id"] for s in samples}
+    assert rows["s0"]["prediction"] == "q0" and rows["s0"]["error"] is None
+    assert rows["s0"]["usage"] == {"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8}
+    assert rows["s4"]["batch_size"] == 1 and rows["s0"]["batch_size"] == 1
+    assert "engine rejected" in rows["s3"]["error"] and rows["s3"]["prediction"] is None
+    assert "image not found" in rows["gone"]["error"]
+    assert json.loads((job / "output" / "progress.json").read_text())["done"] == 6
+    monkeypatch.setenv("HB_MODEL_DIR", str(tmp_path / "no-model"))
+    with pytest.raises(v.ConfigError):
+        v.make_engine(opts)  # vLLM missing here, or no weights mounted: a configuration error

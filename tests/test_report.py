@@ -1,0 +1,343 @@
+"""The report image, rendered for real and opened in a real browser.
+
+A run report and a comparison report are rendered by the real report image
+(`docker run` by hand under the hardened flags), then opened in headless Debian
+Chromium. A copy of each page gets a small probe script (and a CSP that lets
+that one inline script run; everything else of the page's CSP stays, so any
+network fetch would still be blocked and show up): after `load` it measures
+every SVG chart and <img> with getBoundingClientRect, checks each image
+decoded (naturalWidth), counts the chart marks, and lists every resource the
+page fetched; `--dump-dom` returns the result in the DOM. A screenshot of
+each page must not be blank.
+
+These tests FAIL, never skip, when Docker, the report image or Chromium is
+missing. The per-sample scores come from images/eval (the eval image's own
+code, imported on the host to keep the test fast).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "images" / "eval"))
+
+import evaluate as ev  # noqa: E402
+
+VERSION = (ROOT / "images" / "VERSION").read_text().strip()
+REPORT_IMAGE = os.environ.get("HB_TEST_REPORT_IMAGE", f"hyperbench/report:{VERSION}")
+CHROMIUM = os.environ.get("HB_TEST_CHROMIUM", "/usr/bin/chromium")
+FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+HARDENED = [
+    "--network", "none", "--read-only", "--tmpfs", "/tmp:rw,size=64m", "--cap-drop", "ALL",
+    "--security-opt", "no-new-privileges", "--user", "10001", "--memory", "1g", "--pids-limit", "256",
+]  # fmt: skip
+
+TEXTS = {
+    "inv-1": ("invoice", "Invoice 2024-117\nTotal due: 1,284.50 EUR"),
+    "inv-2": ("invoice", "ACME Corp\nOrder 7781 shipped"),
+    "let-1": ("letter", "Dear Ms. Novak,\nthank you for your letter."),
+    "let-2": ("letter", "Kind regards\nJ. Smith"),
+    "rec-1": ("receipt", "Coffee 3.20\nCroissant 2.10\nTOTAL 5.30"),
+    "rec-2": ("receipt", "Thank you <b>for</b> shopping"),
+}
+# run A: a weak model (one error, one missing); run B: a better one
+PRED_A: dict[str, str | None] = {
+    "inv-1": "Invoice 2O24-117\nTotal due: 1,284.5O EUR",
+    "inv-2": "ACME Corp\nOrder 7781 shiped",
+    "let-1": "Dear Ms Novak\nthank you for yuor letter",
+    "let-2": None,  # error
+    "rec-1": "Coffee 3.20\nCroissant 2.1O\nT0TAL 5.30",
+}  # rec-2 missing
+PRED_B: dict[str, str | None] = {
+    "inv-1": "Invoice 2024-117\nTotal due: 1,284.50 EUR",
+    "inv-2": "ACME Corp\nOrder 7781 shipped",
+    "let-1": "Dear Ms. Novak,\nthank you for your letter.",
+    "let-2": "Kind regards\nJ. Smith",
+    "rec-1": "Coffee 3.20\nCroissant 2.10\nTOTAL 5.3",
+    "rec-2": "Thank you <b>for</b> shopping <script>alert(1)</script>",
+}
+
+
+def _readable(*paths: Path) -> None:
+    for p in paths:
+        for q in [p, *p.rglob("*")] if p.is_dir() else [p]:
+            q.chmod(0o755 if q.is_dir() else 0o644)
+
+
+def _dataset(root: Path) -> Path:
+    data = root / "data"
+    (data / "img").mkdir(parents=True)
+    font = ImageFont.truetype(FONT, 26)
+    manifest = []
+    for i, (sid, (cat, text)) in enumerate(TEXTS.items()):
+        lines = text.split("\n")
+        im = Image.new("RGB", (720, 80 + 46 * len(lines)), (250, 250, 246))
+        d = ImageDraw.Draw(im)
+        d.rectangle([8, 8, im.width - 8, im.height - 8], outline=(200, 200, 210), width=2)
+        for j, line in enumerate(lines):
+            d.text((30, 36 + 46 * j), line, fill=(20 + 10 * i, 20, 30), font=font)
+        im.save(data / "img" / f"{sid}.png")
+        manifest.append({"id": sid, "image": f"img/{sid}.png", "text": text, "category": cat})
+    (data / "manifest.jsonl").write_text("".join(json.dumps(m) + "\n" for m in manifest))
+    (data / "dataset.json").write_text(json.dumps({"name": "docs", "version": "3", "task": "ocr"}))
+    return data
+
+
+def _run_inputs(
+    root: Path, data: Path, name: str, preds: dict[str, str | None], run_id: int, model: str
+) -> Path:
+    inp = root / name
+    inp.mkdir(parents=True)
+    lines = []
+    for k, (sid, text) in enumerate(preds.items()):
+        err = "CUDA error: out of memory" if text is None else None
+        lines.append({"id": sid, "prediction": text, "latency_ms": 80.0 + 37 * k, "error": err})
+    (inp / "predictions.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    ev.evaluate(data, inp / "predictions.jsonl", inp, resamples=300)
+    (inp / "run.json").write_text(
+        json.dumps(
+            {
+                "run_id": run_id,
+                "experiment": f"{model} on docs",
+                "owner": "alice",
+                "model": model,
+                "image": f"hyperbench/{model}:0.1.0",
+                "image_digest": f"sha256:{'ab' * 32}",
+                "dataset": "docs@3",
+                "task": "ocr",
+                "manifest_sha256": "c0ffee" * 10 + "abcd",
+                "samples": len(TEXTS),
+                "params": {"temperature": 0, "max_tokens": 512},
+                "prompt": "Transcribe the page <exactly>.",
+                "shards": 1,
+                "sync_s": 1.4,
+                "inference_s": 12.5,
+                "evaluation_s": 2.1,
+                "throughput_samples_per_s": 0.48,
+            }
+        )
+    )
+    return inp
+
+
+def _docker_report(mounts: list[str]) -> subprocess.CompletedProcess[str]:
+    name = f"hb-test-{uuid.uuid4().hex[:10]}"
+    cmd = ["docker", "run", "--rm", "--name", name, *HARDENED, "--label", "io.hyperbench.test=1"]
+    for m in mounts:
+        cmd += ["-v", m]
+    cmd.append(REPORT_IMAGE)
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        raise
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    assert shutil.which("docker"), "docker CLI not found: run scripts/ensure-docker.sh"
+    r = subprocess.run(["docker", "image", "inspect", REPORT_IMAGE], capture_output=True, timeout=60)
+    assert r.returncode == 0, f"image {REPORT_IMAGE} missing: run scripts/build-images.sh report"
+    root = tmp_path_factory.mktemp("report")
+    root.chmod(0o755)
+    data = _dataset(root)
+    a = _run_inputs(root, data, "runs/0", PRED_A, 41, "ocr-weak")
+    _run_inputs(root, data, "runs/1", PRED_B, 42, "ocr-strong")
+    _run_inputs(
+        root, data, "runs/10", PRED_B, 43, "ocr-strong-v2"
+    )  # sorts after 1 (numerically, not "10" < "2")
+    _run_inputs(root, data, "runs/2", PRED_A, 44, "ocr-weak-again")
+    _readable(data, root / "runs")
+    out: dict[str, Path] = {}
+    for mode, mounts in {
+        "run": [f"{a}:/job/input:ro"],
+        "compare": [f"{root / 'runs'}:/job/input/runs:ro"],
+    }.items():
+        od = root / f"out-{mode}"
+        od.mkdir()
+        od.chmod(0o777)
+        proc = _docker_report([f"{data}:/data:ro", *mounts, f"{od}:/job/output"])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[mode] = od / "report.html"
+    return out
+
+
+# ----------------------------------------------------------------------------- static checks
+
+
+def _no_network_refs(page: str) -> None:
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
+    assert "http://" not in page and "https://" not in page
+    assert "<script" not in page.replace("&lt;script", "")  # no script of ours, predictions escaped
+
+
+@pytest.mark.docker
+def test_run_report_content(reports: dict[str, Path]) -> None:
+    page = reports["run"].read_text()
+    _no_network_refs(page)
+    for needle in (
+        "Summary", "ocr-weak", "sha256:" + "ab" * 32, "c0ffee", "docs@3", "temperature",
+        "Transcribe the page &lt;exactly&gt;.", "Timing and throughput", "Inference", "Dataset sync",
+        "0.48 samples/s", "95% CI", "metric version <b>2.0</b>", "error rate by category",
+        "Worst 6 samples by CER", "Failed samples", "CUDA error: out of memory", "missing prediction",
+        "<del", "<ins",
+    ):  # fmt: skip
+        assert needle in page, needle
+    assert page.count("data:image/jpeg;base64,") == 6
+
+
+@pytest.mark.docker
+def test_comparison_report_content(reports: dict[str, Path]) -> None:
+    page = reports["compare"].read_text()
+    _no_network_refs(page)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # an untrusted prediction, escaped
+    for needle in (
+        "HyperBench comparison · docs@3", "A: ocr-weak · run 41", "B: ocr-strong · run 42",
+        "C: ocr-weak-again · run 44", "D: ocr-strong-v2 · run 43",
+    ):  # fmt: skip
+        assert needle in page, needle
+    # C repeats A's predictions: no difference, p = 1
+    assert re.search(
+        r"<td>C − A</td><td>cer</td><td class=num>\+0\.0000</td>.*?<td class=num>1\.0000</td>", page
+    )
+    assert "Paired bootstrap" in page and "P(B better)" in page and "p-value" in page
+    assert "Where the runs disagree most" in page and "spread" in page
+    # B is better on CER (a negative difference, lower is better)
+    row = re.search(r"<td>B − A</td><td>cer</td><td class=num>([+-][0-9.]+)</td>", page)
+    assert row and float(row.group(1)) < 0
+
+
+@pytest.mark.docker
+def test_comparison_refuses_mixed_metric_versions(reports: dict[str, Path], tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    shutil.copytree(reports["compare"].parents[1] / "runs", runs)
+    m = json.loads((runs / "1" / "metrics.json").read_text())
+    m["metric_version"] = "1.0"
+    (runs / "1" / "metrics.json").write_text(json.dumps(m))
+    _readable(runs)
+    tmp_path.chmod(0o755)
+    od = tmp_path / "out"
+    od.mkdir()
+    od.chmod(0o777)
+    proc = _docker_report([f"{runs}:/job/input/runs:ro", f"{od}:/job/output"])
+    assert proc.returncode == 2 and "metric_version differs" in proc.stderr, proc.stderr
+    assert not (od / "report.html").exists()
+
+
+# ----------------------------------------------------------------------------- in a real browser
+
+PROBE = """<script>
+window.addEventListener('load', () => {
+  const box = (e) => {
+    const r = e.getBoundingClientRect(); return [Math.round(r.width), Math.round(r.height)]; };
+  const charts = [...document.querySelectorAll('svg.chart')].map((s) => ({
+    label: s.getAttribute('aria-label'), size: box(s),
+    marks: s.querySelectorAll('rect,circle,line').length }));
+  const images = [...document.querySelectorAll('img')].map((i) => ({
+    alt: i.alt, complete: i.complete, natural: [i.naturalWidth, i.naturalHeight], size: box(i) }));
+  const resources = performance.getEntriesByType('resource').map((r) => r.name);
+  const out = document.createElement('pre');
+  out.id = 'hb-probe';
+  out.textContent = JSON.stringify({charts, images, resources,
+    height: document.documentElement.scrollHeight, sections: document.querySelectorAll('section').length});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess[str]:
+    assert Path(CHROMIUM).is_file(), f"{CHROMIUM} not found: apt-get install chromium"
+    cmd = [
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--hide-scrollbars", f"--user-data-dir={profile}", *args,
+    ]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+
+
+def _probe(page: Path, tmp: Path) -> dict[str, Any]:
+    html = page.read_text()
+    html = html.replace(
+        "style-src 'unsafe-inline'", "style-src 'unsafe-inline'; script-src 'unsafe-inline'", 1
+    )
+    html = html.replace("</body>", PROBE + "</body>", 1)
+    probed = tmp / f"probe-{page.parent.name}.html"
+    probed.write_text(html)
+    proc = _chromium(["--virtual-time-budget=15000", "--dump-dom", probed.as_uri()], tmp / "profile-dom")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = re.search(r'<pre id="hb-probe">(.*?)</pre>', proc.stdout, re.S)
+    assert m, f"probe did not run: {proc.stdout[-1500:]} {proc.stderr[-1500:]}"
+    return dict(json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&")))
+
+
+def _screenshot(page: Path, tmp: Path, height: int = 3000) -> Path:
+    png = tmp / f"{page.parent.name}.png"
+    proc = _chromium(
+        [f"--screenshot={png}", f"--window-size=1280,{height}", "--virtual-time-budget=15000", page.as_uri()],
+        tmp / "profile-shot",
+    )
+    assert proc.returncode == 0 and png.is_file(), proc.stderr[-2000:]
+    keep = os.environ.get("HB_TEST_SCREENSHOT_DIR")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(png, Path(keep) / png.name)
+    return png
+
+
+def _assert_not_blank(png: Path) -> None:
+    with Image.open(png) as im:
+        rgb = im.convert("RGB")
+        assert rgb.width == 1280
+        small = rgb.resize((320, rgb.height // 4))
+        colors = small.getcolors(maxcolors=1 << 20) or []
+        assert len(colors) > 200, f"screenshot looks blank: {len(colors)} colors"
+        # the header band is the dark blue gradient, the body the light page background
+        r, _, b = rgb.getpixel((20, 20))  # type: ignore[misc]
+        assert b > r + 40
+
+
+@pytest.mark.docker
+def test_run_report_renders_in_chromium(reports: dict[str, Path], tmp_path: Path) -> None:
+    result = _probe(reports["run"], tmp_path)
+    assert result["resources"] == [], result["resources"]  # nothing fetched: self-contained
+    assert result["sections"] == 6
+    labels = [c["label"] for c in result["charts"]]
+    assert any("score distribution" in (x or "") for x in labels), labels
+    assert any("error rate by category" in (x or "") for x in labels), labels
+    assert any("latency" in (x or "") for x in labels), labels
+    assert any("timing" in (x or "") for x in labels), labels
+    for c in result["charts"]:
+        w, h = c["size"]
+        assert w >= 200 and h >= 40 and c["marks"] >= 3, c
+    assert len(result["images"]) == 6
+    for img in result["images"]:
+        assert img["complete"] and img["natural"][0] > 100 and img["size"][0] > 100 and img["size"][1] > 20, (
+            img
+        )
+    _assert_not_blank(_screenshot(reports["run"], tmp_path))
+
+
+@pytest.mark.docker
+def test_comparison_report_renders_in_chromium(reports: dict[str, Path], tmp_path: Path) -> None:
+    result = _probe(reports["compare"], tmp_path)
+    assert result["resources"] == [], result["resources"]
+    labels = [c["label"] for c in result["charts"]]
+    assert labels == ["differences", "per-sample scatter"], labels
+    for c in result["charts"]:
+        assert c["size"][0] >= 200 and c["size"][1] >= 80 and c["marks"] >= 5, c
+    assert result["images"], "the disagreement gallery shows the page images"
+    for img in result["images"]:
+        assert img["complete"] and img["natural"][0] > 100 and img["size"][0] > 100, img
+    _assert_not_blank(_screenshot(reports["compare"], tmp_path, height=2600))
