@@ -3,9 +3,9 @@
 The web side calls :func:`validate_s3` with a boto3 client it built from its own
 settings (endpoint, keys, allow-listed buckets: never from the request). It
 applies the same rules as :func:`worker.manifest.validate_local`, line by line,
-and checks that each image object exists with the declared size (HEAD requests,
-a bounded number in flight). Memory stays flat apart from the set of ids (the
-duplicate check), as in the local validator.
+and checks that each image object exists with the declared size against a
+listing of the prefix. What grows with the dataset (ids seen, rows, the listing)
+is kept in a temporary SQLite file, so memory stays flat.
 
 Needs only boto3 and the standard library; no Django, no aiohttp.
 """
@@ -13,17 +13,19 @@ Needs only boto3 and the standard library; no Django, no aiohttp.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import tempfile
-from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from worker.manifest import (
     DATASET_JSON,
     MANIFEST,
+    DatasetInfo,
     ManifestError,
     ManifestSummary,
     _check_id,
@@ -72,20 +74,53 @@ def _lines(body: Any, digest: Any) -> Iterator[bytes]:
         yield rest
 
 
+class _SpillIndex:
+    """The validator's growing state (ids seen, rows to check, objects listed) in a temp SQLite file.
+
+    Keeps registration memory flat however large the manifest is: SQLite holds a
+    bounded page cache, the rest stays on disk.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.db = sqlite3.connect(Path(directory, "index.sqlite3"))
+        self.db.executescript(
+            """
+            PRAGMA journal_mode = OFF;
+            PRAGMA synchronous = OFF;
+            PRAGMA cache_size = -8192;
+            CREATE TABLE ids (id TEXT PRIMARY KEY) WITHOUT ROWID;
+            CREATE TABLE rows (line INTEGER PRIMARY KEY, image TEXT NOT NULL, declared INTEGER);
+            CREATE TABLE objects (key TEXT PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID;
+            """
+        )
+
+    # The two methods worker.manifest._check_id needs of its ``seen`` set.
+    def __contains__(self, sample_id: object) -> bool:
+        return self.db.execute("SELECT 1 FROM ids WHERE id = ?", (sample_id,)).fetchone() is not None
+
+    def add(self, sample_id: str) -> None:
+        self.db.execute("INSERT INTO ids VALUES (?)", (sample_id,))
+
+    def close(self) -> None:
+        self.db.close()
+
+
 def validate_s3(
     uri: str,
     client: Any,
     *,
     buckets: Iterable[str] | None = None,
-    head_concurrency: int = 32,
 ) -> ManifestSummary:
     """Validate ``dataset.json`` and ``manifest.jsonl`` under an S3 prefix, and every object they name.
+
+    The manifest is streamed once; the objects are checked against one listing of
+    the prefix (a request per 1,000 objects, not a HEAD per object: 100,000
+    samples take about 100 requests), joined on disk, so memory stays flat.
 
     Args:
         uri: ``s3://bucket/prefix/``.
         client: A boto3 S3 client (configured with the server's endpoint and keys).
         buckets: The allow-list; None skips the check (the caller already did it).
-        head_concurrency: HEAD requests in flight.
 
     Returns:
         The manifest's sha256, sample count, total bytes (from S3's sizes), name, version and task.
@@ -93,8 +128,6 @@ def validate_s3(
     Raises:
         ManifestError: every problem found (bounded), each naming the manifest line.
     """
-    from botocore.exceptions import ClientError
-
     bucket, prefix = split_s3_uri(uri, buckets)
     try:
         raw = client.get_object(Bucket=bucket, Key=prefix + DATASET_JSON)["Body"].read(1024 * 1024)
@@ -105,82 +138,87 @@ def validate_s3(
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, DATASET_JSON).write_bytes(raw)
         info = read_dataset_json(Path(tmp))
-    task = info["task"]
-    try:
-        body = client.get_object(Bucket=bucket, Key=prefix + MANIFEST)["Body"]
-    except ClientError as e:
-        raise ManifestError([f"{MANIFEST}: cannot read s3://{bucket}/{prefix}{MANIFEST}: {e}"]) from None
+        task = info["task"]
+        try:
+            body = client.get_object(Bucket=bucket, Key=prefix + MANIFEST)["Body"]
+        except ClientError as e:
+            raise ManifestError([f"{MANIFEST}: cannot read s3://{bucket}/{prefix}{MANIFEST}: {e}"]) from None
+        index = _SpillIndex(tmp)
+        try:
+            return _validate_rows(bucket, prefix, task, info, body, client, index)
+        finally:
+            index.close()
 
+
+def _validate_rows(
+    bucket: str,
+    prefix: str,
+    task: str,
+    info: DatasetInfo,
+    body: Any,
+    client: Any,
+    index: _SpillIndex,
+) -> ManifestSummary:
     problems = _Problems()
     digest = hashlib.sha256()
-    seen: set[str] = set()
     sample_count = 0
-    total_bytes = 0
-    window: deque[tuple[str, str, int | None, Future[int | None]]] = deque()
-
-    def head(key: str) -> int | None:
-        try:
-            return int(client.head_object(Bucket=bucket, Key=key)["ContentLength"])
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
-
-    def settle(limit: int) -> None:
-        nonlocal total_bytes
-        while len(window) > limit:
-            where, image, declared, fut = window.popleft()
-            try:
-                size = fut.result()
-            except ClientError as e:
-                problems.add(f"{where}: image {image!r} cannot be checked in S3: {e}")
-                continue
-            if size is None:
-                problems.add(f"{where}: image {image!r} does not exist at s3://{bucket}/{prefix}{image}")
-                continue
-            total_bytes += size
-            if declared is not None and declared != size:
-                problems.add(f"{where}: image {image!r} has {size} bytes in S3, the manifest says {declared}")
-
-    with ThreadPoolExecutor(max_workers=max(1, head_concurrency)) as pool:
-        for lineno, line in enumerate(_lines(body, digest), start=1):
-            where = f"{MANIFEST} line {lineno}"
-            sample = _parse_line(line, where, problems)
-            if sample is None:
-                continue
-            sample_count += 1
-            _check_id(sample, where, seen, problems)
-            _check_task_fields(sample, task, where, problems)
-            if "image" not in sample:
-                problems.add(f"{where}: missing field 'image'")
-                continue
-            image = sample["image"]
-            wrong = check_image_path(image)
-            if wrong is not None:
-                problems.add(f"{where}: {wrong}")
-                continue
-            declared = sample.get("size")
-            if declared is not None and (
-                isinstance(declared, bool) or not isinstance(declared, int) or declared < 0
-            ):
-                problems.add(f"{where}: 'size' must be a non-negative integer, not {declared!r}")
-                declared = None
-            sha = sample.get("sha256")
-            if sha is not None and not (
-                isinstance(sha, str) and len(sha) == 64 and set(sha) <= _SHA256_CHARS
-            ):
-                problems.add(f"{where}: 'sha256' must be 64 lowercase hex digits, not {sha!r}")
-            window.append((where, image, declared, pool.submit(head, prefix + image)))
-            settle(head_concurrency * 4)
-        settle(0)
+    db = index.db
+    for lineno, line in enumerate(_lines(body, digest), start=1):
+        where = f"{MANIFEST} line {lineno}"
+        sample = _parse_line(line, where, problems)
+        if sample is None:
+            continue
+        sample_count += 1
+        _check_id(sample, where, index, problems)  # type: ignore[arg-type]  # a set on disk
+        _check_task_fields(sample, task, where, problems)
+        if "image" not in sample:
+            problems.add(f"{where}: missing field 'image'")
+            continue
+        image = sample["image"]
+        wrong = check_image_path(image)
+        if wrong is not None:
+            problems.add(f"{where}: {wrong}")
+            continue
+        declared = sample.get("size")
+        if declared is not None and (
+            isinstance(declared, bool) or not isinstance(declared, int) or declared < 0
+        ):
+            problems.add(f"{where}: 'size' must be a non-negative integer, not {declared!r}")
+            declared = None
+        sha = sample.get("sha256")
+        if sha is not None and not (isinstance(sha, str) and len(sha) == 64 and set(sha) <= _SHA256_CHARS):
+            problems.add(f"{where}: 'sha256' must be 64 lowercase hex digits, not {sha!r}")
+        db.execute("INSERT INTO rows VALUES (?, ?, ?)", (lineno, image, declared))
     if sample_count == 0 and problems.count == 0:
         problems.add(f"{MANIFEST}: no samples (the manifest is empty)")
+
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            db.executemany(
+                "INSERT OR REPLACE INTO objects VALUES (?, ?)",
+                ((o["Key"][len(prefix) :], int(o["Size"])) for o in page.get("Contents", ())),
+            )
+    except (BotoCoreError, ClientError) as e:
+        raise ManifestError([f"cannot list s3://{bucket}/{prefix} to check the images: {e}"]) from e
+
+    total_bytes = 0
+    for lineno, image, declared, size in db.execute(
+        "SELECT r.line, r.image, r.declared, o.size FROM rows r LEFT JOIN objects o ON o.key = r.image "
+        "ORDER BY r.line"
+    ):
+        where = f"{MANIFEST} line {lineno}"
+        if size is None:
+            problems.add(f"{where}: image {image!r} does not exist at s3://{bucket}/{prefix}{image}")
+            continue
+        total_bytes += size
+        if declared is not None and declared != size:
+            problems.add(f"{where}: image {image!r} has {size} bytes in S3, the manifest says {declared}")
     problems.raise_if_any()
     return ManifestSummary(
         manifest_sha256=digest.hexdigest(),
         sample_count=sample_count,
         total_bytes=total_bytes,
-        task=task,
+        task=info["task"],
         name=info["name"],
         version=info["version"],
     )
