@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the HyperBench images: hyperbench/<name>:<version> and :latest.
 #
-#   scripts/build-images.sh                 # ocr-rapidocr eval report testkit probe ocr-tesseract vlm-openai template
+#   scripts/build-images.sh                 # ocr-rapidocr eval report testkit probe ocr-tesseract vlm-openai template web
 #   scripts/build-images.sh vlm-vllm        # GPU hosts only (CUDA + vLLM; not in the default set, see images/vlm-vllm/README.md)
 #   scripts/build-images.sh eval report     # only these
 #   HB_NO_CACHE=1 scripts/build-images.sh   # ignore the layer cache
@@ -20,7 +20,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-ALL_IMAGES=(ocr-rapidocr eval report testkit probe ocr-tesseract vlm-openai template)
+ALL_IMAGES=(ocr-rapidocr eval report testkit probe ocr-tesseract vlm-openai template web)
+# web is the control plane's image (docker/web/Dockerfile, built from the repository, not images/).
 CA_FILE="${EXTRA_CA_FILE:-/etc/ssl/certs/ca-certificates.crt}"
 PREFIX="${HB_IMAGE_PREFIX:-hyperbench}"
 CACHE_ARGS=()
@@ -37,8 +38,9 @@ VERSION="$(tr -d '[:space:]' < "$ROOT/images/VERSION")"
 [ -r "$CA_FILE" ] || die "CA file $CA_FILE not readable (set EXTRA_CA_FILE to a PEM bundle)"
 
 if [ "$#" -gt 0 ]; then NAMES=("$@"); else NAMES=("${ALL_IMAGES[@]}"); fi
+dockerfile_of() { if [ "$1" = web ]; then echo "$ROOT/docker/web/Dockerfile"; else echo "$ROOT/images/$1/Dockerfile"; fi; }
 for name in "${NAMES[@]}"; do
-  [ -f "$ROOT/images/$name/Dockerfile" ] || die "unknown image '$name' (no images/$name/Dockerfile)"
+  [ -f "$(dockerfile_of "$name")" ] || die "unknown image '$name' (no $(dockerfile_of "$name"))"
 done
 
 # A CA staging dir whose file keeps the source's content and mtime: the layer cache stays valid.
@@ -53,16 +55,23 @@ for name in "${NAMES[@]}"; do
   tag="$PREFIX/$name"
   say "building $tag:$VERSION"
   start=$(date +%s)
-  # Context streamed as a tar: images/ + _hb_ca/ (no copy of the tree on disk).
+  # Context streamed as a tar: images/ (or, for web, the project's Python packages) + _hb_ca/.
+  if [ "$name" = web ]; then
+    context=(-C "$ROOT" pyproject.toml README.md manage.py hyperbench_web apps worker docker/web/Dockerfile)
+    dockerfile=docker/web/Dockerfile
+  else
+    context=(-C "$ROOT/images" .)
+    dockerfile="$name/Dockerfile"
+  fi
   tar --owner=0 --group=0 --numeric-owner --exclude='__pycache__' --exclude='*.pyc' \
-      -c -C "$ROOT/images" . -C "$CA_DIR" _hb_ca \
+      -c "${context[@]}" -C "$CA_DIR" _hb_ca \
     | DOCKER_BUILDKIT=0 docker build \
         --network host \
         ${CACHE_ARGS[@]+"${CACHE_ARGS[@]}"} \
         --build-arg "BASE_IMAGE=$BASE" \
         --label "io.hyperbench.version=$VERSION" \
         --label "io.hyperbench.base=$BASE" \
-        -f "$name/Dockerfile" \
+        -f "$dockerfile" \
         -t "$tag:$VERSION" -t "$tag:latest" \
         - >&2 \
     || die "docker build of $tag failed"
