@@ -87,7 +87,7 @@ class _SpillIndex:
             """
             PRAGMA journal_mode = OFF;
             PRAGMA synchronous = OFF;
-            PRAGMA cache_size = -8192;
+            PRAGMA cache_size = -2048;
             CREATE TABLE ids (id TEXT PRIMARY KEY) WITHOUT ROWID;
             CREATE TABLE rows (line INTEGER PRIMARY KEY, image TEXT NOT NULL, declared INTEGER);
             CREATE TABLE objects (key TEXT PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID;
