@@ -465,3 +465,23 @@ def test_a_large_object_is_fetched_in_parallel_ranges_and_verified(
         assert hashlib.sha256((result.path / row["image"]).read_bytes()).hexdigest() == row["sha256"]
     gets = _image_gets(s3_proxy, "hb-large")
     assert gets == {"/hb-large/v1/images/0/doc-00000.png": 2 * 3}, "3 ranges, the object fetched twice"
+
+
+def test_the_clean_up_at_worker_start_removes_a_killed_syncs_staging_but_not_a_live_ones(
+    s3_proxy: FaultProxy, cache_root: Path
+) -> None:
+    from filelock import FileLock
+
+    cache = _cache(cache_root, s3_proxy, "hb-clean")
+    dead = cache_root / "staging" / f"docs-{'a' * 64}"
+    live = cache_root / "staging" / f"docs-{'b' * 64}"
+    for d in (dead, live):
+        (d / "images").mkdir(parents=True)
+        (d / "images" / "x.png.123.part").write_bytes(b"half")
+    stranger = cache_root / "staging" / "not-a-version"
+    stranger.mkdir()
+    with FileLock(str(cache_root / "locks" / "docs" / f"{'b' * 64}.sync")):
+        assert cache.cleanup_stale() == 1
+    assert not dead.exists()
+    assert (live / "images" / "x.png.123.part").read_bytes() == b"half", "a live sync's files stay"
+    assert stranger.is_dir(), "only names the cache itself makes are touched"

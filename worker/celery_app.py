@@ -38,8 +38,21 @@ app.conf.imports = ("worker.tasks",)
 @worker_ready.connect
 def _on_ready(sender: Any = None, **_: Any) -> None:
     from worker import containers, telemetry
+    from worker.errors import HostError
+    from worker.nodecache import NodeCache
 
     n = containers.sweep_orphans()
     if n:
         logger.warning("removed %d container(s) left behind by a dead worker", n)
-    telemetry.start_heartbeat(load(), getattr(sender, "hostname", "") or _cfg.hostname)
+    cfg = load()
+    # Half-finished downloads of a sync killed with the last worker. Only S3 datasets are
+    # synced, so a host without S3 credentials has none (from_config refuses it).
+    if cfg.s3_access_key_id and cfg.s3_secret_access_key:
+        try:
+            n = NodeCache.from_config(cfg).cleanup_stale()
+        except (HostError, OSError) as e:  # a cache that cannot be cleaned must not stop the worker
+            logger.warning("could not clean the node cache's staging area: %s", e)
+        else:
+            if n:
+                logger.warning("removed %d half-finished dataset download(s) left by a killed sync", n)
+    telemetry.start_heartbeat(cfg, getattr(sender, "hostname", "") or _cfg.hostname)
