@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractUser
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import AbstractUser, Permission
+from django.test import Client
 from rest_framework.test import APIClient
 
 from apps.runs.models import Comparison, Run
 from apps.runs.services import comparison_record
+from hyperbench_web.devstack import Stack
+from tests.conftest import IMAGE_VERSION, load_script, wait_for_run
 from tests.test_leaderboard import _dataset, _run
+
+CHANGELIST = "/admin/runs/run/"
 
 
 def _spec(run: Run) -> Run:
@@ -88,3 +98,100 @@ def test_the_hosts_answer_finishes_a_comparison_once(alice: AbstractUser) -> Non
 
     cmp.refresh_from_db()
     assert cmp.state == "succeeded" and cmp.report_uri == "file:///r.html" and cmp.error_reason == ""
+
+
+def _admin(staff: AbstractUser) -> Client:
+    """A browser logged in as a staff member who may see and change runs in the admin."""
+    staff.user_permissions.add(*Permission.objects.filter(content_type__app_label="runs"))
+    web = Client()
+    web.force_login(staff)
+    return web
+
+
+def _compare_in_the_admin(web: Client, runs: list[Run]) -> str:
+    """Tick the runs in the run list and apply the "Compare" action, as staff do."""
+    r = web.post(
+        CHANGELIST,
+        {"action": "compare_runs", "_selected_action": [str(x.pk) for x in runs], "index": "0"},
+        follow=True,
+    )
+    assert r.status_code == 200
+    return str(r.content.decode())
+
+
+def test_staff_compare_two_runs_from_the_run_list(staff: AbstractUser, alice: AbstractUser) -> None:
+    ds = _dataset("invoices")
+    b = _spec(_run(alice, ds, "tesseract", {"cer": 0.08}))
+    a = _spec(_run(alice, ds, "rapidocr", {"cer": 0.02}))
+    web = _admin(staff)
+
+    page = _compare_in_the_admin(web, [a, b])
+
+    cmp = Comparison.objects.get()
+    assert cmp.run_ids == sorted([a.pk, b.pk]) and cmp.state == "queued" and cmp.created_by == staff
+    assert "Queued" in page and f"/admin/runs/comparison/{cmp.pk}/change/" in page
+
+
+def test_the_admin_compare_action_says_why_it_refuses(staff: AbstractUser, alice: AbstractUser) -> None:
+    a = _spec(_run(alice, _dataset("invoices"), "rapidocr", {"cer": 0.02}))
+    b = _spec(_run(alice, _dataset("receipts"), "tesseract", {"cer": 0.08}))
+    Run.objects.filter(pk=b.pk).update(manifest_sha256="b" * 64)
+    web = _admin(staff)
+
+    different = _compare_in_the_admin(web, [a, b])
+    single = _compare_in_the_admin(web, [a])
+
+    assert "different dataset versions" in different
+    assert "Compare between 2 and 8 runs." in single
+    assert not Comparison.objects.exists()
+
+
+@pytest.mark.docker
+def test_a_comparison_started_in_the_admin_ends_with_its_report(
+    platform: Stack,
+    as_staff: APIClient,
+    as_alice: APIClient,
+    staff: AbstractUser,
+    roots: dict[str, Path],
+    images: dict[str, str],
+) -> None:
+    ds = roots["datasets"] / "admin-compare" / "1"
+    load_script("make_sample_dataset").write_dataset(ds, 5, 31)
+    r = as_staff.post(
+        "/api/v1/models/",
+        {"name": "echo", "image": f"hyperbench/testkit:{IMAGE_VERSION}", "digest": images["testkit"]},
+        format="json",
+    )
+    assert r.status_code == 201, r.content
+    r = as_alice.post("/api/v1/datasets/", {"uri": ds.as_uri() + "/"}, format="json")
+    assert r.status_code == 201, r.content
+    dataset_id = r.json()["id"]
+    run_ids = []
+    for name, params in (("echo plain", {}), ("echo again", {"note": "second"})):
+        body: dict[str, Any] = {"name": name, "model": "echo", "dataset": dataset_id, "params": params}
+        exp = as_alice.post("/api/v1/experiments/", body, format="json")
+        assert exp.status_code == 201, exp.content
+        started = as_alice.post("/api/v1/runs/", {"experiment": exp.json()["id"]}, format="json")
+        assert started.status_code == 201, started.content
+        run_ids.append(started.json()["id"])
+    assert [wait_for_run(as_alice, x)["state"] for x in run_ids] == ["succeeded", "succeeded"]
+    web = _admin(staff)
+
+    page = _compare_in_the_admin(web, list(Run.objects.filter(pk__in=run_ids)))
+
+    assert "Queued" in page, page[-3000:]
+    cmp = Comparison.objects.latest("pk")
+    assert cmp.run_ids == sorted(run_ids)
+    deadline = time.monotonic() + 120
+    while cmp.state == Comparison.State.QUEUED:
+        assert time.monotonic() < deadline, "the comparison did not finish"
+        time.sleep(0.5)
+        cmp.refresh_from_db()
+    assert cmp.state == Comparison.State.SUCCEEDED, cmp.error_reason
+    detail = web.get(f"/admin/runs/comparison/{cmp.pk}/change/").content.decode()
+    assert f"/api/v1/comparisons/{cmp.pk}/report/" in detail  # the admin links the report
+    report = as_staff.get(f"/api/v1/comparisons/{cmp.pk}/report/")
+    assert report.status_code == 200
+    html = (b"".join(report.streaming_content) if report.streaming else report.content).decode()
+    assert f"echo · run {run_ids[0]}" in html and f"echo · run {run_ids[1]}" in html
+    assert "Paired bootstrap" in html and "<svg" in html

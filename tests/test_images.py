@@ -254,7 +254,7 @@ def eval_output(docker_ok: None, workdir: Path) -> tuple[Path, Path, Path]:
 def test_eval_metrics_shape_and_values(eval_output: tuple[Path, Path, Path]) -> None:
     _, _, out = eval_output
     m = json.loads((out / "metrics.json").read_text())
-    assert m["metric_version"] == "2.0"
+    assert m["metric_version"] == "2.1"  # images/eval/hb_metrics.METRIC_VERSION
     assert m["n"] == 4
     assert m["errors"] == 2  # c (error) + d (missing)
     assert m["bootstrap"]["resamples"] == 1000 and isinstance(m["bootstrap"]["seed"], int)

@@ -37,6 +37,8 @@ def _run(
     version: str = "1.0",
     age_min: int = 0,
     inference_s: float = 50.0,
+    gpu_seconds: float = 0.0,
+    primary: str | None = None,
 ) -> Run:
     m, _ = ModelImage.objects.get_or_create(name=model, defaults={"image": f"hyperbench/{model}:1"})
     exp, _ = Experiment.objects.get_or_create(name=f"{model} default", model=m, dataset=dataset, owner=owner)
@@ -49,12 +51,14 @@ def _run(
         progress_done=100,
         metric_version=version,
         inference_s=inference_s,
+        gpu_seconds=gpu_seconds,
         finished_at=timezone.now() - timedelta(minutes=age_min),
         metrics={
             "metric_version": version,
             "errors": 0,
             "n": 100,
             "metrics": {k: {"value": v, "ci95": [v - 0.01, v + 0.01]} for k, v in metrics.items()},
+            **({"primary_metric": primary} if primary else {}),
         },
     )
 
@@ -184,3 +188,127 @@ def test_the_admin_leaderboard_page_lists_the_ranked_models(staff: AbstractUser,
     page = web.get("/admin/runs/run/leaderboard/").content.decode()
 
     assert "letters@1" in page and "rapidocr" in page and "0.0200" in page
+
+
+def test_each_entry_carries_its_gpu_seconds_and_throughput(as_alice: APIClient, alice: AbstractUser) -> None:
+    ds = _dataset("scans")
+    _run(alice, ds, "vlm-gpu", {"cer": 0.03}, inference_s=40.0, gpu_seconds=80.456)  # 2 GPUs x 40 s
+    _run(alice, ds, "rapidocr", {"cer": 0.05}, inference_s=20.0)
+
+    entries = as_alice.get("/api/v1/leaderboard/", {"dataset": ds.pk}).json()["results"][0]["entries"]
+
+    assert [(e["model"], e["gpu_seconds"], e["samples_per_s"]) for e in entries] == [
+        ("vlm-gpu", 80.46, 2.5),  # rounded to 2 places; 100 samples / 40 s
+        ("rapidocr", 0.0, 5.0),  # a CPU model holds no GPU
+    ]
+
+
+def test_metric_ranks_by_another_metric_in_its_own_direction(
+    as_alice: APIClient, alice: AbstractUser
+) -> None:
+    ds = _dataset("pages")
+    # by corpus CER a < b < c; by the per-sample mean the order is c < a < b
+    _run(alice, ds, "a", {"cer": 0.02, "cer_mean": 0.30, "wer_mean": 0.5, "ned": 0.2})
+    _run(alice, ds, "b", {"cer": 0.04, "cer_mean": 0.40, "wer_mean": 0.1, "ned": 0.3})
+    _run(alice, ds, "c", {"cer": 0.06, "cer_mean": 0.10, "wer_mean": 0.9, "ned": 0.1})
+
+    def order(metric: str | None) -> tuple[str, bool, list[str]]:
+        params = {"dataset": ds.pk, **({"metric": metric} if metric else {})}
+        board = as_alice.get("/api/v1/leaderboard/", params).json()["results"][0]
+        return board["metric"], board["lower_is_better"], [e["model"] for e in board["entries"]]
+
+    assert order(None) == ("cer", True, ["a", "b", "c"])
+    assert order("cer_mean") == ("cer_mean", True, ["c", "a", "b"])  # lower first, not higher
+    assert order("wer_mean") == ("wer_mean", True, ["b", "a", "c"])
+    assert order("ned") == ("ned", True, ["c", "a", "b"])
+
+
+def test_metric_of_a_vqa_task_ranks_higher_first_and_lists_only_vqa_boards(
+    as_alice: APIClient, alice: AbstractUser
+) -> None:
+    ocr, vqa = _dataset("forms"), _dataset("chartqa-mini", task="vqa")
+    _run(alice, ocr, "rapidocr", {"cer": 0.1})
+    _run(alice, vqa, "vlm-a", {"anls": 0.80, "relaxed_accuracy": 0.40})
+    _run(alice, vqa, "vlm-b", {"anls": 0.70, "relaxed_accuracy": 0.60})
+    _run(alice, vqa, "vlm-c", {"anls": 0.90})  # scored without relaxed accuracy: listed, not ranked
+
+    boards = as_alice.get("/api/v1/leaderboard/", {"metric": "relaxed_accuracy"}).json()["results"]
+
+    assert [b["dataset"]["name"] for b in boards] == ["chartqa-mini"]
+    assert boards[0]["lower_is_better"] is False
+    assert [(e["rank"], e["model"]) for e in boards[0]["entries"]] == [
+        (1, "vlm-b"),
+        (2, "vlm-a"),
+        (None, "vlm-c"),
+    ]
+
+
+def test_a_board_ranks_by_the_primary_metric_the_dataset_chose(
+    as_alice: APIClient, alice: AbstractUser
+) -> None:
+    vqa = _dataset("charts", task="vqa")  # its dataset.json said "metrics": ["relaxed_accuracy", "anls"]
+    _run(alice, vqa, "vlm-a", {"relaxed_accuracy": 0.4, "anls": 0.9}, primary="relaxed_accuracy")
+    _run(alice, vqa, "vlm-b", {"relaxed_accuracy": 0.6, "anls": 0.5}, primary="relaxed_accuracy")
+
+    board = as_alice.get("/api/v1/leaderboard/").json()["results"][0]
+
+    assert board["metric"] == "relaxed_accuracy" and [e["model"] for e in board["entries"]] == [
+        "vlm-b",
+        "vlm-a",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "says"),
+    [
+        ({"metric": "cer_meen"}, "metric", "Unknown metric 'cer_meen'"),
+        ({"metric": "anls", "task": "ocr"}, "metric", "'anls' is not a ocr metric"),
+        ({"task": "pdf"}, "task", "Unknown task 'pdf'"),
+        ({"dataset": "first"}, "dataset", "Must be an integer id"),
+        ({"metirc": "cer"}, "unknown_parameters", "Not a leaderboard parameter: metirc"),
+        ({"dataset_id": "1", "sort": "cer"}, "unknown_parameters", "dataset_id, sort"),
+    ],
+)
+def test_a_bad_leaderboard_query_is_refused_with_what_to_fix(
+    as_alice: APIClient, alice: AbstractUser, params: dict[str, str], field: str, says: str
+) -> None:
+    _run(alice, _dataset("invoices"), "rapidocr", {"cer": 0.02})
+
+    r = as_alice.get("/api/v1/leaderboard/", params)
+
+    assert r.status_code == 400, r.content
+    assert says in " ".join(r.json()[field]), r.json()
+
+
+def test_the_admin_leaderboard_filters_by_dataset_task_and_metric(
+    staff: AbstractUser, alice: AbstractUser
+) -> None:
+    letters, receipts = _dataset("letters"), _dataset("receipts")
+    docvqa = _dataset("docvqa-mini", task="vqa")
+    _run(alice, letters, "rapidocr", {"cer": 0.02, "cer_mean": 0.30}, gpu_seconds=0.0)
+    _run(alice, letters, "tesseract", {"cer": 0.08, "cer_mean": 0.10})
+    _run(alice, receipts, "tesseract", {"cer": 0.11})
+    _run(alice, docvqa, "vlm", {"anls": 0.77}, gpu_seconds=12.34)
+    web = Client()
+    web.force_login(staff)
+    url = "/admin/runs/run/leaderboard/"
+
+    def boards(params: dict[str, str]) -> str:
+        r = web.get(url, params)
+        assert r.status_code == 200
+        return str(r.content.decode())
+
+    everything = boards({})
+    one = boards({"dataset": str(receipts.pk)})
+    vqa = boards({"task": "vqa"})
+    by_mean = boards({"dataset": str(letters.pk), "metric": "cer_mean"})
+    wrong = boards({"task": "vqa", "metric": "cer"})
+
+    assert all(f"<h2>{d}@1" in everything for d in ("letters", "receipts", "docvqa-mini"))
+    assert "<h2>receipts@1" in one and "<h2>letters@1" not in one and "<h2>docvqa-mini@1" not in one
+    assert "<h2>docvqa-mini@1" in vqa and "<h2>letters@1" not in vqa and "<h2>receipts@1" not in vqa
+    assert "<td>12.3</td>" in vqa  # GPU-seconds of the VLM
+    assert "Ranked by <b>cer_mean</b> (lower is better)" in by_mean
+    assert by_mean.index("<td>tesseract</td>") < by_mean.index("<td>rapidocr</td>")  # 0.10 before 0.30
+    assert '<option value="cer_mean" selected>' in by_mean
+    assert "is no metric of the chosen task" in wrong and "Ranked by <b>anls</b>" in wrong

@@ -226,9 +226,30 @@ def test_exact_match_normalization() -> None:
 # ============================================================================ VQA accuracy
 
 
+def _official_vqa_loop(prediction: str, answers: list[str]) -> float:
+    """The accuracy loop of GT-Vision-Lab vqaEval.py (VQAEval.evaluate), transcribed line by line.
+
+    Answers are dicts with a unique answer_id as in the VQA v2 annotations, so
+    ``item != gtAnsDatum`` drops exactly one answer per subset. The two text
+    processors are hm's ports, checked on their own vectors below.
+    """
+    gts = [{"answer": a, "answer_id": i + 1} for i, a in enumerate(answers)]
+    res_ans = prediction.replace("\n", " ").replace("\t", " ").strip()
+    res_ans = hm._vqa_digit_article(hm._vqa_punctuation(res_ans))
+    gt_acc = []
+    if len({g["answer"] for g in gts}) > 1:
+        for ans_dic in gts:
+            ans_dic["answer"] = hm._vqa_punctuation(str(ans_dic["answer"]))
+    for datum in gts:
+        other = [item for item in gts if item != datum]
+        matching = [item for item in other if item["answer"] == res_ans]
+        gt_acc.append(min(1, float(len(matching)) / 3))
+    return float(sum(gt_acc)) / len(gt_acc)
+
+
 def test_vqa_accuracy_leave_one_out_ten_answers() -> None:
-    # 10 answers, 2 say "2", 8 say "3"; prediction "two" -> "2" (number word mapped).
-    # Leaving out one of the two "2": 1 match left -> 1/3 (2 subsets);
+    # 10 answers, 2 say "2", 8 say "3"; prediction "two" -> "2" (the prediction's number word is
+    # mapped). Leaving out one of the two "2": 1 match left -> 1/3 (2 subsets);
     # leaving out one of the eight "3": 2 matches -> 2/3 (8 subsets).
     # mean = (2 * 1/3 + 8 * 2/3) / 10 = (2/3 + 16/3) / 10 = 0.6
     answers = ["2"] * 2 + ["3"] * 8
@@ -243,7 +264,9 @@ def test_vqa_accuracy_leave_one_out_ten_answers() -> None:
 
 
 def test_vqa_answer_processing_is_the_official_one() -> None:
-    # punctuation not next to a space -> replaced by a space; articles removed; lower-cased
+    # The prediction's processing (vqaEval.py: newline/tab -> space, strip, processPunctuation,
+    # processDigitArticle). Punctuation not next to a space -> replaced by a space; articles
+    # removed; lower-cased.
     assert hm.normalize_vqa_answer("The dog!") == "dog"
     assert hm.normalize_vqa_answer("a red-car") == "red car"
     # a digit,digit comma anywhere -> every listed punctuation mark is deleted outright
@@ -254,19 +277,66 @@ def test_vqa_answer_processing_is_the_official_one() -> None:
     # contractions restored, number words mapped
     assert hm.normalize_vqa_answer("dont know") == "don't know"
     assert hm.normalize_vqa_answer("Ten\tbirds\n") == "10 birds"
+    # The answers are compared as stored when all are identical (vqaEval.py processes them only
+    # when len(set(gtAnswers)) > 1, and then with processPunctuation alone). Derived by hand:
+    # "The Dog!" -> "dog"; every answer "dog"; each subset keeps 9 matches -> min(1, 9/3) = 1.
     assert hm.vqa_accuracy("The Dog!", ["dog"] * 10) == 1.0
-    assert hm.vqa_accuracy("1000", ["1,000"] * 10) == 1.0
+    # "1000" -> "1000"; the ten identical answers stay "1,000" -> no match in any subset -> 0.
+    assert hm.vqa_accuracy("1000", ["1,000"] * 10) == 0.0
+    # "two" -> "2" (the prediction's number word mapped); the answers stay "two" -> 0.
+    assert hm.vqa_accuracy("two", ["two"] * 10) == 0.0
+    # Nor are the answers lower-cased: "yes" never equals a stored "Yes".
+    assert hm.vqa_accuracy("yes", ["Yes"] * 10) == 0.0
+    # Differing answers get processPunctuation only: "1,000" -> "1000" (comma between digits),
+    # "1000" stays. The prediction "1,000" -> "1000". Each subset of 1 keeps 1 match -> 1/3.
+    assert hm.vqa_accuracy("1,000", ["1000", "1,000"]) == pytest.approx(1 / 3)
+    # ... but no article removal on the answers: 9 x "the end" stay "the end", 1 x "end" matches
+    # the prediction "the end" -> "end". Leaving out a "the end" keeps the one "end": 1/3 (9x);
+    # leaving out "end": 0. (9 / 3) / 10 = 0.3 (lmms-eval, which also runs processDigitArticle on
+    # the answers, would give 1.0 here.)
+    assert hm.vqa_accuracy("the end", ["the end"] * 9 + ["end"]) == pytest.approx(0.3)
+    # The period rule on an answer: "42.50" keeps its period (a digit follows) -> no match for
+    # "42.5"; "42.5" matches. Leaving out "42.50": 1/3; leaving out "42.5": 0 -> 1/6.
+    assert hm.vqa_accuracy("42.5", ["42.50", "42.5"]) == pytest.approx(1 / 6)
+    # Surrounding space on the prediction is stripped; answers with a space inside differ.
+    assert hm.vqa_accuracy(" yes\n", ["yes"] * 3 + ["no"] * 7) == pytest.approx(0.9)
 
 
-def test_vqa_accuracy_fewer_than_four_answers() -> None:
-    # documented rule: with N <= 3 answers a leave-one-out subset has < 3 answers, so the
-    # metric falls back to "matches any answer" (1 or 0)
-    assert hm.vqa_accuracy("Yes", ["yes", "no"]) == 1.0
-    assert hm.vqa_accuracy("10", ["ten"]) == 1.0
+def test_vqa_accuracy_with_fewer_answers_follows_the_same_definition() -> None:
+    # No special case for N < 10: acc = mean over the N answers of min(1, matches among the
+    # other N - 1 / 3), as vqaEval.py computes for any N.
+    # N = 1: the only subset is empty -> 0, whatever the prediction.
+    assert hm.vqa_accuracy("cat", ["cat"]) == 0.0
+    # N = 2 identical: each subset keeps 1 match -> 1/3.
+    assert hm.vqa_accuracy("yes", ["yes", "yes"]) == pytest.approx(1 / 3)
+    # N = 2 differing: leaving out "yes" -> 0, leaving out "no" -> 1/3 -> 1/6.
+    assert hm.vqa_accuracy("Yes", ["yes", "no"]) == pytest.approx(1 / 6)
+    # N = 3 identical: each subset keeps 2 -> 2/3, the most three answers can give.
+    assert hm.vqa_accuracy("yes", ["yes"] * 3) == pytest.approx(2 / 3)
     assert hm.vqa_accuracy("maybe", ["yes", "no", "yes"]) == 0.0
-    # N = 4: leave-one-out applies; 3 matches: leaving out a match -> 2/3 (3x), else 1 -> 0.75
+    # N = 4: 3 matches: leaving out a match -> 2/3 (3x), else 1 -> 0.75
     assert hm.vqa_accuracy("yes", ["yes", "yes", "yes", "no"]) == pytest.approx((3 * 2 / 3 + 1) / 4)
+    # no answers: scored 0 (the official loop would divide by zero; see POLICY)
     assert hm.vqa_accuracy("x", []) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("prediction", "answers"),
+    [
+        ("two", ["2"] * 2 + ["3"] * 8),
+        ("two", ["two"] * 10),
+        ("2", ["two"] * 9 + ["2"]),
+        ("1000", ["1,000"] * 10),
+        ("1,000", ["1000", "1,000", "1,000"]),
+        ("The end.", ["the end"] * 9 + ["end"]),
+        ("red car", ["red-car", "red car", "red car", "red car", "red car"]),
+        ("yes", ["yes"] * 10),
+        ("cat", ["cat"]),
+        ("no", ["no", "No", "no ", "nope"]),
+    ],
+)
+def test_vqa_accuracy_agrees_with_the_official_loop(prediction: str, answers: list[str]) -> None:
+    assert hm.vqa_accuracy(prediction, answers) == pytest.approx(_official_vqa_loop(prediction, answers))
 
 
 # ============================================================================ relaxed accuracy
@@ -429,7 +499,7 @@ def test_eval_ocr_policies(tmp_path: Path) -> None:
     }
     assert doc["n"] == 4 and doc["errors"] == 2 and doc["missing"] == 1
     assert doc["metric_version"] == hm.METRIC_VERSION and all(
-        r["metric_version"] == "2.0" for r in rows.values()
+        r["metric_version"] == hm.METRIC_VERSION for r in rows.values()
     )
     assert doc["primary_metric"] == "cer" and "cer" in doc["lower_is_better"]
     assert set(doc["metrics"]) == {"cer", "wer", "ned", "cer_mean", "wer_mean"}
@@ -496,6 +566,17 @@ def test_eval_refuses_unknown_metric(tmp_path: Path) -> None:
         ev.evaluate(data, _write_preds(tmp_path, []), tmp_path / "out")
 
 
+def test_the_web_side_ranks_with_the_eval_images_metric_names_and_directions() -> None:
+    # worker/contract.py is the web side's single definition; the eval image keeps its own copy
+    # (it may import nothing of ours): the two must not drift apart.
+    from worker import contract
+
+    assert contract.TASK_METRICS == {"ocr": hm.OCR_METRICS, "vqa": hm.VQA_METRICS}
+    assert {t: names[0] for t, names in contract.TASK_METRICS.items()} == hm.PRIMARY
+    assert contract.LOWER_IS_BETTER == hb_stats.LOWER_IS_BETTER
+    assert set(hb_stats.AGGREGATES) == set(hm.OCR_METRICS) | set(hm.VQA_METRICS)
+
+
 # ============================================================================ the real image, by hand
 
 
@@ -538,15 +619,18 @@ def test_eval_image_by_hand_on_a_tiny_vqa_dataset(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = json.loads((out / "metrics.json").read_text())
-    assert m["metric_version"] == "2.0" and m["task"] == "vqa" and m["n"] == 4 and m["errors"] == 1
+    assert m["metric_version"] == hm.METRIC_VERSION == "2.1"
+    assert m["task"] == "vqa" and m["n"] == 4 and m["errors"] == 1
     assert set(m["metrics"]) == set(hm.VQA_METRICS)
     # anls: q1 1, q2 0.9, q3 "0.46" vs "45%": NL = 4/4 (distance 4 over max(3, 4)) -> 0, q4 error 0
     assert m["metrics"]["anls"]["value"] == pytest.approx(round(1.9 / 4, 6))
     # relaxed: q1 1, q2 "acme corp." != "acme corp" -> 0, q3 0.46 vs 0.45 = 2.2 % -> 1, q4 0
     assert m["metrics"]["relaxed_accuracy"]["value"] == 0.5
-    # exact: q1 only; vqa_accuracy: q1 ("42.5" matches one of 2 answers), q2 (period stripped) -> 2/4
+    # exact: q1 only. vqa_accuracy (vqaEval.py): q1 "42.5" vs ["42.50", "42.5"] -> 1/6 (see
+    # test_vqa_answer_processing_is_the_official_one); q2 has one answer -> 0 by definition;
+    # q3 no match; q4 error -> (1/6) / 4 = 1/24
     assert m["metrics"]["exact_match"]["value"] == 0.25
-    assert m["metrics"]["vqa_accuracy"]["value"] == 0.5
+    assert m["metrics"]["vqa_accuracy"]["value"] == pytest.approx(1 / 24, abs=1e-6)
     for v in m["metrics"].values():
         assert v["ci95"][0] <= v["value"] <= v["ci95"][1]
     assert isinstance(m["normalization"], dict) and isinstance(m["policy"], dict)

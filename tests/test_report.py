@@ -26,14 +26,24 @@ import sys
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import pytest
 from PIL import Image, ImageDraw, ImageFont
+from rest_framework.test import APIClient
+
+from apps.runs.models import Run
+from apps.runs.services import _timings
+from hyperbench_web.devstack import Stack
+from tests.conftest import IMAGE_VERSION, load_script, wait_for_run
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "images" / "eval"))
 
+sys.path.insert(0, str(ROOT / "images" / "report"))
+
 import evaluate as ev  # noqa: E402
+import report as rp  # noqa: E402
 
 VERSION = (ROOT / "images" / "VERSION").read_text().strip()
 REPORT_IMAGE = os.environ.get("HB_TEST_REPORT_IMAGE", f"hyperbench/report:{VERSION}")
@@ -122,10 +132,14 @@ def _run_inputs(
                 "params": {"temperature": 0, "max_tokens": 512},
                 "prompt": "Transcribe the page <exactly>.",
                 "shards": 1,
+                # the keys apps.runs.services._timings produces (a real run's are checked in
+                # test_a_real_runs_report_shows_its_timings_and_gpu_seconds)
                 "sync_s": 1.4,
                 "inference_s": 12.5,
+                "container_s": 10.9,
                 "evaluation_s": 2.1,
                 "throughput_samples_per_s": 0.48,
+                "gpu_seconds": 21.8,
             }
         )
     )
@@ -190,12 +204,26 @@ def test_run_report_content(reports: dict[str, Path]) -> None:
     for needle in (
         "Summary", "ocr-weak", "sha256:" + "ab" * 32, "c0ffee", "docs@3", "temperature",
         "Transcribe the page &lt;exactly&gt;.", "Timing and throughput", "Inference", "Dataset sync",
-        "0.48 samples/s", "95% CI", "metric version <b>2.0</b>", "error rate by category",
+        "0.48 samples/s", "95% CI", f"metric version <b>{ev.METRIC_VERSION}</b>", "error rate by category",
         "Worst 6 samples by CER", "Failed samples", "CUDA error: out of memory", "missing prediction",
         "<del", "<ins",
     ):  # fmt: skip
         assert needle in page, needle
     assert page.count("data:image/jpeg;base64,") == 6
+    # one row per fact: the prompt once, the timings in their own section only
+    assert page.count("<td>Prompt</td>") == 1 and "<td>prompt</td>" not in page
+    assert "<td>sync_s</td>" not in page and "<td>gpu_seconds</td>" not in page
+    timing = page[page.index("<h2>Timing and throughput</h2>") :]
+    for label, figure in (
+        ("Dataset sync, sum over shards", "1.40 s"),
+        ("Inference, wall clock (incl. sync)", "12.50 s"),
+        ("Model containers, sum over shards", "10.90 s"),
+        ("Evaluation, wall clock", "2.10 s"),
+        ("GPU-seconds", "21.8"),
+    ):
+        assert re.search(rf"<td>{re.escape(label)}</td><td class=num>{re.escape(figure)}</td>", timing), label
+    # one shard: sync 1.4 + the rest of inference 11.1 + evaluation 2.1, no second counted twice
+    assert "<b>14.60 s</b>" in timing
 
 
 @pytest.mark.docker
@@ -234,6 +262,42 @@ def test_comparison_refuses_mixed_metric_versions(reports: dict[str, Path], tmp_
     proc = _docker_report([f"{runs}:/job/input/runs:ro", f"{od}:/job/output"])
     assert proc.returncode == 2 and "metric_version differs" in proc.stderr, proc.stderr
     assert not (od / "report.html").exists()
+
+
+# ----------------------------------------------------------------------------- pieces, no Docker
+
+
+def _run_data(run: dict[str, Any], per_sample: list[dict[str, Any]] | None = None) -> Any:
+    return rp.RunData(key="", metrics={"n": 4}, run=run, per_sample=per_sample or [], predictions=[])
+
+
+def test_the_summary_shows_an_empty_prompt_once() -> None:
+    html = rp.summary_table(_run_data({"model": "m", "prompt": "", "image_digest": "", "sync_s": 0.2}))
+    assert html.count("Prompt") == 1 and "none (empty)" in html
+    assert html.count("Image digest") == 1 and "not recorded" in html
+    assert "prompt" not in html and "sync_s" not in html
+
+
+def test_timing_phases_never_count_the_sync_twice() -> None:
+    one = {"sync_s": 2.0, "inference_s": 10.0, "evaluation_s": 1.0, "shards": 1}
+    assert rp.timing_phases(one) == [("Dataset sync", 2.0), ("Inference", 8.0), ("Evaluation", 1.0)]
+    # several shards sync side by side, inside the inference wall clock
+    many = {**one, "shards": 3, "sync_s": 5.0}
+    assert rp.timing_phases(many) == [("Inference incl. sync", 10.0), ("Evaluation", 1.0)]
+    assert rp.timing_phases({"evaluation_s": 1.0}) == [("Evaluation", 1.0)]
+    html = rp.timing_section(_run_data({"inference_s": 4.0, "gpu_seconds": 0.0}))
+    assert "<td>Dataset sync, sum over shards</td><td class='num muted'>not recorded</td>" in html
+    assert "0.0 (no GPU held)" in html and "1.00 samples/s" in html
+
+
+def test_length_buckets_never_split_one_length_over_two_bars() -> None:
+    rows = [{"ref_chars": n} for n in (3, 5, 5, 5, 5, 9, 9, 12)]
+    buckets = rp.length_buckets(rows, k=5)
+    labels = [label for label, _ in buckets]
+    assert len(labels) == len(set(labels)), labels
+    assert sum(len(g) for _, g in buckets) == len(rows)
+    # about 8 / 5 -> 2 a bucket: 3 starts one, the four 5s may not leave it, then 9 9, then 12
+    assert labels == ["3–5 ch", "9 ch", "12 ch"]
 
 
 # ----------------------------------------------------------------------------- in a real browser
@@ -341,3 +405,54 @@ def test_comparison_report_renders_in_chromium(reports: dict[str, Path], tmp_pat
     for img in result["images"]:
         assert img["complete"] and img["natural"][0] > 100 and img["size"][0] > 100, img
     _assert_not_blank(_screenshot(reports["compare"], tmp_path, height=2600))
+
+
+# ----------------------------------------------------------------------------- a real run's facts
+
+
+@pytest.mark.docker
+def test_a_real_runs_report_shows_its_timings_and_gpu_seconds(
+    platform: Stack,
+    as_staff: APIClient,
+    as_alice: APIClient,
+    roots: dict[str, Path],
+    images: dict[str, str],
+) -> None:
+    """The facts the control side hands the report come from the run itself, not from a fixture."""
+    ds = roots["datasets"] / "timed" / "1"
+    load_script("make_sample_dataset").write_dataset(ds, 5, 41)
+    model = {"name": "echo", "image": f"hyperbench/testkit:{IMAGE_VERSION}", "digest": images["testkit"]}
+    assert as_staff.post("/api/v1/models/", model, format="json").status_code == 201
+    dataset = as_alice.post("/api/v1/datasets/", {"uri": ds.as_uri() + "/"}, format="json").json()
+    exp = as_alice.post(
+        "/api/v1/experiments/",
+        {"name": "echo timed", "model": "echo", "dataset": dataset["id"]},
+        format="json",
+    ).json()
+    started = as_alice.post("/api/v1/runs/", {"experiment": exp["id"], "shards": 2}, format="json")
+    assert started.status_code == 201, started.content
+
+    data = wait_for_run(as_alice, started.json()["id"])
+
+    assert data["state"] == "succeeded", data["error_reason"]
+    run = Run.objects.get(pk=data["id"])
+    facts = _timings(run)
+    # each of the 2 shards reported its own dataset sync (a local dir: the manifest check)
+    syncs = [e.data["sync_s"] for e in run.events.filter(kind="shard_succeeded")]
+    assert len(syncs) == 2 and all(isinstance(x, float) and x >= 0 for x in syncs), syncs
+    assert facts["sync_s"] == pytest.approx(sum(syncs), abs=1e-3)
+    assert 0 <= facts["sync_s"] <= 2 * facts["inference_s"]
+    assert facts["container_s"] == pytest.approx(run.inference_s, abs=0.01) and facts["container_s"] > 0
+    assert facts["evaluation_s"] > 0 and facts["gpu_seconds"] == 0.0  # a CPU model holds no GPU
+    html = Path(unquote(urlparse(run.report_uri).path)).read_text(encoding="utf-8")
+    timing = html[html.index("<h2>Timing and throughput</h2>") :]
+    for label, key in (
+        ("Dataset sync, sum over shards", "sync_s"),
+        ("Inference, wall clock (incl. sync)", "inference_s"),
+        ("Model containers, sum over shards", "container_s"),
+        ("Evaluation, wall clock", "evaluation_s"),
+    ):
+        figure = f"{facts[key]:,.2f} s"
+        assert f"<td>{label}</td><td class=num>{figure}</td>" in timing, (label, figure)
+    assert "<td>GPU-seconds</td><td class=num>0.0 (no GPU held)</td>" in timing
+    assert "Inference incl. sync" in timing  # 2 shards: their syncs overlap, shown within inference

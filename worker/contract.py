@@ -23,6 +23,17 @@ class Queue:
     CPU = "cpu"  # host workers: CPU inference, evaluation, report
 
 
+# Metric names by task (the first is the primary one) and their direction: the one
+# definition the web side ranks by. The eval image cannot import this module (it
+# depends on nothing of ours) and keeps its own copy in images/eval/hb_metrics.py and
+# hb_stats.py; tests/test_metrics.py checks that the two agree.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "ocr": ("cer", "wer", "ned", "cer_mean", "wer_mean"),
+    "vqa": ("anls", "exact_match", "vqa_accuracy", "relaxed_accuracy", "ocrbench"),
+}
+LOWER_IS_BETTER = frozenset({"cer", "wer", "ned", "cer_mean", "wer_mean"})
+
+
 # Host tasks (queues gpu/cpu), consumed by worker.tasks.
 TASK_INFER_SHARD = "hyperbench.host.infer_shard"
 TASK_EVALUATE = "hyperbench.host.evaluate"

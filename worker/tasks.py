@@ -363,9 +363,11 @@ def _infer(spec: contract.RunSpec, shard: int, attempt: int) -> None:
         gpu_lease = held.enter_context(_held(_take_gpus(cfg, model)))
         events.emit(run_id, "started", "infer", shard=shard, attempt=attempt)
         # Held until the container is gone: eviction never removes a cached version in use.
+        sync_started = time.monotonic()
         dataset_dir = held.enter_context(
             dataset_lease(spec["dataset"], cfg, on_progress=_sync_progress(run_id, shard))
         )
+        sync_s = time.monotonic() - sync_started  # node-cache sync (or local check) of this shard
         with _job_dir(cfg, f"run{run_id}-s{shard}-a{attempt}") as job:
             ids = _write_shard_input(dataset_dir, spec, shard, job)
             out = job / "output"
@@ -414,6 +416,7 @@ def _infer(spec: contract.RunSpec, shard: int, attempt: int) -> None:
                 "errors": errors,
                 "image_digest": result.image_id,
                 "duration_s": round(result.duration_s, 3),
+                "sync_s": round(sync_s, 3),
             },
         )
 

@@ -20,6 +20,7 @@ from apps.hosts.models import Host
 from apps.runs.models import Comparison, Experiment, Run
 from apps.runs.selectors import artifact_path, leaderboard
 from apps.runs.services import RunError, comparison_start, run_cancel, run_start
+from worker import contract
 
 
 class IsStaffOrReadOnly(permissions.BasePermission):
@@ -162,22 +163,48 @@ class HostViewSet(viewsets.ReadOnlyModelViewSet):
 class LeaderboardView(APIView):
     """Models ranked by the primary metric per dataset version, with 95% CIs, samples/s and GPU-seconds."""
 
+    PARAMS = frozenset({"dataset", "task", "metric", "format"})  # format: DRF's renderer override
+
     @extend_schema(
         parameters=[
             OpenApiParameter("dataset", int, description="dataset version id"),
-            OpenApiParameter("task", str, enum=["ocr", "vqa"]),
-            OpenApiParameter("metric", str, description="rank by this metric, not the primary one"),
+            OpenApiParameter("task", str, enum=sorted(contract.TASK_METRICS)),
+            OpenApiParameter(
+                "metric",
+                str,
+                enum=sorted({m for names in contract.TASK_METRICS.values() for m in names}),
+                description="rank by this metric, not the primary one (only boards of tasks that have it)",
+            ),
         ],
         responses={200: dict},
     )
     def get(self, request: Request) -> Response:
+        q = request.query_params
+        problems: dict[str, list[str]] = {}
+        unknown = sorted(set(q) - self.PARAMS)
+        if unknown:
+            problems["unknown_parameters"] = [
+                f"Not a leaderboard parameter: {', '.join(unknown)}. Use dataset, task or metric."
+            ]
         datasets = Dataset.objects.all()
-        if request.query_params.get("dataset"):
-            try:
-                datasets = datasets.filter(pk=int(request.query_params["dataset"]))
-            except ValueError:
-                return Response({"dataset": ["Must be an integer id."]}, status=status.HTTP_400_BAD_REQUEST)
-        if request.query_params.get("task"):
-            datasets = datasets.filter(task=request.query_params["task"])
-        metric = request.query_params.get("metric") or None
+        if q.get("dataset"):
+            if not q["dataset"].isdigit():
+                problems["dataset"] = ["Must be an integer id."]
+            else:
+                datasets = datasets.filter(pk=int(q["dataset"]))
+        task = q.get("task") or None
+        if task is not None and task not in contract.TASK_METRICS:
+            problems["task"] = [f"Unknown task {task!r}; one of: {', '.join(sorted(contract.TASK_METRICS))}."]
+        elif task is not None:
+            datasets = datasets.filter(task=task)
+        metric = q.get("metric") or None
+        if metric is not None:
+            tasks = [t for t, names in contract.TASK_METRICS.items() if metric in names]
+            known = ", ".join(f"{t}: {', '.join(names)}" for t, names in contract.TASK_METRICS.items())
+            if not tasks:
+                problems["metric"] = [f"Unknown metric {metric!r}; the metrics are ({known})."]
+            elif task is not None and task not in tasks:
+                problems["metric"] = [f"{metric!r} is not a {task} metric; the metrics are ({known})."]
+        if problems:
+            return Response(problems, status=status.HTTP_400_BAD_REQUEST)
         return Response({"results": [b.as_dict() for b in leaderboard(datasets=datasets, metric=metric)]})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mimetypes
 from itertools import islice
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
@@ -14,25 +14,34 @@ from django.template.response import TemplateResponse
 from apps.catalog.models import Dataset
 from apps.runs.models import Run
 from apps.runs.selectors import PRIMARY_METRIC, dataset_file, leaderboard, run_samples
+from worker import contract
 
 PAGE = 50
 
 
 def leaderboard_view(request: HttpRequest) -> HttpResponse:
+    """Boards filtered by dataset version and task, ranked by the primary metric or a chosen one."""
     datasets = Dataset.objects.all()
     chosen = request.GET.get("dataset", "")
     task = request.GET.get("task", "")
+    metric = request.GET.get("metric", "")
     if chosen.isdigit():
         datasets = datasets.filter(pk=int(chosen))
-    if task in ("ocr", "vqa"):
+    if task in contract.TASK_METRICS:
         datasets = datasets.filter(task=task)
+    metrics = [(t, names) for t, names in contract.TASK_METRICS.items() if not task or t == task]
+    if metric and not any(metric in names for _, names in metrics):
+        messages.error(request, f"{metric!r} is no metric of the chosen task: ranked by the primary one.")
+        metric = ""
     context = {
         **admin.site.each_context(request),
         "title": "Leaderboard",
-        "boards": leaderboard(datasets=datasets),
+        "boards": leaderboard(datasets=datasets, metric=metric or None),
         "all_datasets": Dataset.objects.all(),
         "chosen": chosen,
         "task": task,
+        "metric": metric,
+        "metric_choices": metrics,
     }
     return TemplateResponse(request, "admin/hyperbench/leaderboard.html", context)
 

@@ -14,6 +14,7 @@ from django.db.models import QuerySet
 
 from apps.catalog.models import Dataset
 from apps.runs.models import Run
+from worker import contract
 
 # The metric a task is ranked by, and whether lower is better.
 PRIMARY_METRIC: dict[str, tuple[str, bool]] = {"ocr": ("cer", True), "vqa": ("anls", False)}
@@ -83,15 +84,24 @@ def _metric(run: Run, name: str) -> tuple[float | None, list[float] | None]:
 def leaderboard(*, datasets: QuerySet[Dataset], metric: str | None = None) -> list[Leaderboard]:
     """One board per dataset version: each experiment's latest succeeded run, ranked.
 
-    Only runs whose metrics share the newest metric version are ranked; runs
-    scored by another version are listed after them with ``rank=None``, never
-    mixed into the ranking.
+    Ranked by ``metric`` when given (then only the datasets whose task has that
+    metric get a board), else by the primary metric the eval recorded for the
+    dataset version (its dataset.json may choose one; by default the task's
+    first metric); the direction comes from ``contract.LOWER_IS_BETTER``. Only
+    runs whose metrics share the newest metric version are ranked; runs scored
+    by another version, or lacking the metric, are listed after them with
+    ``rank=None``, never mixed into the ranking.
+
+    Raises:
+        ValueError: ``metric`` is no metric of any task.
     """
+    if metric and not any(metric in names for names in contract.TASK_METRICS.values()):
+        raise ValueError(f"unknown metric {metric!r}")
     boards = []
     for dataset in datasets:
-        name, lower = PRIMARY_METRIC.get(dataset.task, ("cer", True))
-        if metric:
-            name, lower = metric, metric in ("cer", "wer", "ned")
+        names = contract.TASK_METRICS.get(dataset.task, ("cer",))
+        if metric and metric not in names:
+            continue  # a metric of another task: that board has nothing to rank by
         runs = (
             Run.objects.filter(
                 experiment__dataset=dataset,
@@ -107,6 +117,8 @@ def leaderboard(*, datasets: QuerySet[Dataset], metric: str | None = None) -> li
         if not latest:
             continue
         newest = max((r.metric_version for r in latest.values()), key=_version_key)
+        name = metric or _recorded_primary([r for r in latest.values() if r.metric_version == newest], names)
+        lower = name in contract.LOWER_IS_BETTER
         current = [
             r for r in latest.values() if r.metric_version == newest and _metric(r, name)[0] is not None
         ]
@@ -118,6 +130,15 @@ def leaderboard(*, datasets: QuerySet[Dataset], metric: str | None = None) -> li
         board.entries.extend(_entry(None, run, name) for run in others)
         boards.append(board)
     return boards
+
+
+def _recorded_primary(runs: list[Run], names: tuple[str, ...]) -> str:
+    """The primary metric in the newest run's metrics.json, if it is one of the task's; else the task's."""
+    for run in sorted(runs, key=lambda r: r.finished_at or r.created_at, reverse=True):
+        recorded = (run.metrics or {}).get("primary_metric")
+        if recorded in names:
+            return str(recorded)
+    return names[0]
 
 
 def _entry(rank: int | None, run: Run, name: str) -> LeaderboardEntry:

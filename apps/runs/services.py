@@ -189,22 +189,42 @@ def _start_report(run: Run, data: dict[str, Any]) -> None:
 
 
 def _timings(run: Run) -> dict[str, Any]:
-    """Stage durations from the event log, for the report."""
+    """The run's timing facts for the report, from the event log and the run's counters.
+
+    ``sync_s``: dataset sync seconds summed over the shards (each shard's
+    ``shard_succeeded`` event carries its own; the first report of a shard
+    counts, as in event_record). ``inference_s``: wall clock from the first
+    shard's start to the last shard's end (the syncs happen inside it).
+    ``container_s``: the model containers' run time summed over shards.
+    ``evaluation_s``: wall clock of the evaluation. ``gpu_seconds``: container
+    time x GPUs held, summed over shards.
+    """
     firsts: dict[tuple[str, str], Any] = {}
-    for ev in run.events.filter(kind__in=["started", "shard_succeeded", "evaluated"]).order_by("created_at"):
+    shard_end: dict[int | None, Any] = {}
+    sync: dict[int | None, float] = {}
+    kinds = ["started", "shard_succeeded", "evaluated"]
+    for ev in run.events.filter(kind__in=kinds).order_by("created_at", "id"):
         firsts.setdefault((ev.kind, ev.stage), ev.created_at)
+        if ev.kind == "shard_succeeded" and ev.shard not in shard_end:
+            # Only the first report of a shard's end counts: later ones are re-deliveries.
+            shard_end[ev.shard] = ev.created_at
+            seconds = (ev.data or {}).get("sync_s")
+            if isinstance(seconds, int | float):
+                sync[ev.shard] = float(seconds)
     out: dict[str, Any] = {}
+    if sync:
+        out["sync_s"] = round(sum(sync.values()), 3)
     infer_start = firsts.get(("started", "infer"))
-    infer_end = (
-        run.events.filter(kind="shard_succeeded").order_by("-created_at").values_list("created_at", flat=True)
-    )
-    if infer_start and infer_end:
-        out["inference_s"] = round((infer_end[0] - infer_start).total_seconds(), 2)
+    if infer_start and shard_end:
+        out["inference_s"] = round((max(shard_end.values()) - infer_start).total_seconds(), 2)
         if out["inference_s"] > 0:
             out["throughput_samples_per_s"] = round(run.progress_total / out["inference_s"], 2)
+    if run.inference_s:
+        out["container_s"] = round(run.inference_s, 2)
     eval_start, eval_end = firsts.get(("started", "evaluate")), firsts.get(("evaluated", "evaluate"))
     if eval_start and eval_end:
         out["evaluation_s"] = round((eval_end - eval_start).total_seconds(), 2)
+    out["gpu_seconds"] = round(run.gpu_seconds, 2)
     return out
 
 

@@ -2,9 +2,9 @@
 
 The eval image runs this file; tests/test_metrics.py imports it from the host.
 Each function says which published definition it follows; where we had to
-choose (empty strings, fewer than 10 VQA answers, thousands separators) the
-choice is written here and in POLICY / NORMALIZATION, which metrics.json
-carries. Change any rule only together with METRIC_VERSION.
+choose (empty strings, thousands separators) the choice is written here and
+in POLICY / NORMALIZATION, which metrics.json carries. Change any rule only
+together with METRIC_VERSION (2.1: vqa_accuracy follows vqaEval.py exactly).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import jiwer
 from rapidfuzz.distance import Levenshtein
 
-METRIC_VERSION = "2.0"
+METRIC_VERSION = "2.1"
 ANLS_THRESHOLD = 0.5
 RELAXED_TOLERANCE = 0.05
 OCRBENCH_MATH_DATASET = "HME100k"
@@ -50,11 +50,14 @@ NORMALIZATION: dict[str, dict[str, str]] = {
         "kept); mean over questions. No Unicode normalization (the script has none).",
         "exact_match": "NFKC, lower-case, whitespace runs collapsed to one space, stripped; 1 when the "
         "normalized prediction equals any normalized answer",
-        "vqa_accuracy": "official VQA v2 eval (vqaEval.py) answer processing on prediction AND answers "
-        "(newline/tab to space, strip, punctuation rule, lower-case, number words to digits, articles "
-        "removed, contractions restored); with N >= 4 answers: mean over the N leave-one-out subsets of "
-        "min(1, matches in the subset / 3); with 1 <= N <= 3 answers (a subset of N-1 < 3 answers could "
-        "never give full credit): 1 if the prediction matches any answer else 0",
+        "vqa_accuracy": "official VQA v2 eval (GT-Vision-Lab vqaEval.py), quirks included: the "
+        "prediction gets newline/tab to space, strip, processPunctuation (its punctuation rule, the "
+        "comma-between-digits and period quirks) and processDigitArticle (lower-case, number words to "
+        "digits, articles removed, contractions restored); the answers are compared as stored, except "
+        "that when they are not all identical each gets processPunctuation alone (no lower-casing, no "
+        "number words, no articles: the eval expects answers normalized like the VQA v2 annotations); "
+        "score = mean over the N answers of min(1, matches among the other N-1 answers / 3), for every "
+        "N (1 answer: always 0; 3 matching answers: 2/3)",
         "relaxed_accuracy": "ChartQA relaxed correctness (pix2struct metrics.py): both strings parsed "
         "as float ('%' suffix divides by 100); when both parse and the answer is non-zero, correct iff "
         "|pred - ans| / |ans| <= 0.05; otherwise case-insensitive string equality. Extensions: "
@@ -238,23 +241,32 @@ def _vqa_digit_article(text: str) -> str:
 
 
 def normalize_vqa_answer(text: str) -> str:
-    """The VQA v2 eval's answer processing (processPunctuation then processDigitArticle)."""
+    """The processing vqaEval.py gives the PREDICTION: newline/tab to space, strip, then
+    processPunctuation and processDigitArticle. (Ground-truth answers get less: see vqa_accuracy.)"""
     text = text.replace("\n", " ").replace("\t", " ").strip()
     return _vqa_digit_article(_vqa_punctuation(text))
 
 
 def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
-    """VQA accuracy over leave-one-out answer subsets (see NORMALIZATION['vqa']['vqa_accuracy'])."""
-    gts = [normalize_vqa_answer(str(a)) for a in answers]
+    """VQA accuracy exactly as the official VQA v2 eval (GT-Vision-Lab vqaEval.py) computes it.
+
+    The prediction always gets :func:`normalize_vqa_answer`. The answers are taken as
+    stored; only when they are not all identical does each get processPunctuation (no
+    strip, no lower-casing, no number words or articles): the official eval relies on
+    annotations whose answers were normalized when the data set was made. Then for
+    each answer i, acc_i = min(1, #{j != i : answer_j == prediction} / 3), and the
+    score is the mean of acc_i over the N answers, whatever N is: with 1 answer the
+    score is always 0, with 3 identical matching answers 2/3. The official code drops
+    answer i by comparing answer dicts, which carry a unique answer_id: one answer is
+    left out per subset, even among duplicates, as the index here does.
+    """
+    gts = [str(a) for a in answers]
     if not gts:
-        return 0.0
+        return 0.0  # the official eval would divide by zero; see POLICY["vqa_without_answers"]
     pred = normalize_vqa_answer(prediction)
-    if len(gts) < 4:
-        return 1.0 if pred in gts else 0.0
-    accs = []
-    for i in range(len(gts)):
-        matches = sum(1 for j, gt in enumerate(gts) if j != i and gt == pred)
-        accs.append(min(1.0, matches / 3))
+    if len(set(gts)) > 1:
+        gts = [_vqa_punctuation(a) for a in gts]
+    accs = [min(1.0, sum(1 for j, g in enumerate(gts) if j != i and g == pred) / 3) for i in range(len(gts))]
     return sum(accs) / len(accs)
 
 

@@ -6,7 +6,8 @@ Run mode (no /job/input/runs/ directory), inputs read-only:
   /job/input/predictions.jsonl merged model predictions
   /job/input/run.json          run facts: summary keys (model, image_digest, dataset,
                                manifest_sha256, params, prompt, ...) and timings
-                               (sync_s, inference_s, evaluation_s, throughput_samples_per_s)
+                               (sync_s, inference_s, container_s, evaluation_s,
+                               throughput_samples_per_s, gpu_seconds)
   /data                        the dataset (images for the gallery)
 Comparison mode (the worker mounts /job/input/runs/): two or more runs on the
 same dataset version, /job/input/runs/<k>/{metrics.json,per_sample.jsonl,
@@ -292,7 +293,8 @@ CSS_EXTRA = """
 .primary{font-weight:700}.tag{display:inline-block;font-size:11px;padding:1px 6px;border-radius:8px;
 background:#e7ecff;color:var(--accent);margin-left:6px}
 .warn{background:#fff4e6;border:1px solid #ffd8a8;border-radius:8px;padding:8px 12px;margin-bottom:12px}
-.timing{display:grid;grid-template-columns:minmax(260px,1fr) minmax(420px,2fr);gap:18px;align-items:center}
+.timing{display:grid;grid-template-columns:max-content minmax(320px,1fr);gap:28px;align-items:center}
+.timing .facts td{white-space:nowrap}.timing .facts td:first-child{width:auto}
 .better{color:var(--good);font-weight:600}.worse{color:var(--bad);font-weight:600}
 .runs{display:grid;grid-template-columns:repeat(auto-fit,minmax(260px,1fr));gap:10px}
 .run-col{border:1px solid var(--line);border-radius:8px;padding:6px 8px}
@@ -434,10 +436,10 @@ def bars_svg(
 
 
 def timing_svg(stages: Sequence[tuple[str, float]]) -> str:
-    """One horizontal stacked bar of stage durations."""
+    """One horizontal stacked bar of consecutive wall-clock phases, with a legend."""
     width, height = 560, 86
     total = sum(v for _, v in stages)
-    colors = ["#74c0fc", "#3b5bdb", "#12b886", "#f59f00", "#ae3ec9"]
+    colors = {"Dataset sync": "#74c0fc", "Evaluation": "#12b886", "Report": "#f59f00"}  # inference: blue
     if total <= 0:
         return (
             f'<svg viewBox="0 0 {width} {height}" class="chart" role="img" aria-label="timing">'
@@ -445,11 +447,11 @@ def timing_svg(stages: Sequence[tuple[str, float]]) -> str:
             "no timings</text></svg>"
         )
     parts = [f'<svg viewBox="0 0 {width} {height}" class="chart" role="img" aria-label="stage timing">']
-    x = 10.0
+    x = legend_x = 10.0
     span = width - 20
-    for i, (name, v) in enumerate(stages):
+    for name, v in stages:
         w = span * v / total
-        c = colors[i % len(colors)]
+        c = colors.get(name, "#3b5bdb")
         parts.append(
             f'<rect x="{x:.1f}" y="14" width="{max(w, 1):.1f}" height="30" fill="{c}">'
             f"<title>{esc(f'{name}: {v:.2f} s')}</title></rect>"
@@ -460,9 +462,10 @@ def timing_svg(stages: Sequence[tuple[str, float]]) -> str:
                 f"{esc(f'{v:.1f} s')}</text>"
             )
         parts.append(
-            f'<rect x="{10 + i * 130}" y="58" width="10" height="10" fill="{c}" rx="2"/>'
-            f'<text x="{24 + i * 130}" y="67" class="tick">{esc(name)}</text>'
+            f'<rect x="{legend_x:.0f}" y="58" width="10" height="10" fill="{c}" rx="2"/>'
+            f'<text x="{legend_x + 14:.0f}" y="67" class="tick">{esc(f"{name} {v:.1f} s")}</text>'
         )
+        legend_x += 14 + 6.2 * len(f"{name} {v:.1f} s") + 18  # ~6 px a character at the 10 px tick font
         x += w
     parts.append("</svg>")
     return "".join(parts)
@@ -558,11 +561,13 @@ SUMMARY_KEYS = [
     ("Prompt", "prompt"),
 ]
 TIMING_KEYS = [
-    ("Dataset sync", "sync_s"),
-    ("Inference", "inference_s"),
-    ("Evaluation", "evaluation_s"),
-    ("Report", "report_s"),
+    ("Dataset sync, sum over shards", "sync_s"),
+    ("Inference, wall clock (incl. sync)", "inference_s"),
+    ("Model containers, sum over shards", "container_s"),
+    ("Evaluation, wall clock", "evaluation_s"),
+    ("Report, wall clock", "report_s"),
 ]
+TIMING_EXTRA = {"throughput_samples_per_s", "gpu_seconds"}
 
 
 def dataset_label(data: RunData) -> str:
@@ -578,41 +583,70 @@ def summary_table(data: RunData) -> str:
     if not run.get("dataset"):
         run["dataset"] = dataset_label(data)
     rows = []
-    used = set()
+    # Every summary key gets one row at most: recorded, "not recorded" (the facts a
+    # reader must be able to check), or none; never again among the extra facts below.
+    used = {key for _, key in SUMMARY_KEYS} | {key for _, key in TIMING_KEYS} | TIMING_EXTRA
     for label, key in SUMMARY_KEYS:
         if key in run and run[key] not in (None, ""):
             rows.append(f"<tr><td>{esc(label)}</td><td>{render_value(run[key])}</td></tr>")
-            used.add(key)
         elif key in ("image_digest", "manifest_sha256", "prompt"):
-            rows.append(f"<tr><td>{esc(label)}</td><td class=muted>not recorded</td></tr>")
-    used.update(k for _, k in TIMING_KEYS)
-    used.update({"throughput_samples_per_s", "gpu_seconds"})
+            missing = "none (empty)" if key == "prompt" and key in run else "not recorded"
+            rows.append(f"<tr><td>{esc(label)}</td><td class=muted>{missing}</td></tr>")
     extra = "".join(
         f"<tr><td>{esc(k)}</td><td>{render_value(v)}</td></tr>" for k, v in run.items() if k not in used
     )
     return f'<table class="facts">{"".join(rows)}{extra}</table>'
 
 
+def timing_phases(run: dict[str, Any]) -> list[tuple[str, float]]:
+    """The run's wall-clock phases, end to end, for the stacked bar: no second counted twice.
+
+    The shards sync the dataset inside the inference stage. With one shard its
+    sync is a phase of its own before the model runs; with several, the shards'
+    syncs overlap each other and the models, so inference is shown with its syncs.
+    """
+    sync, inference = num(run.get("sync_s")), num(run.get("inference_s"))
+    shards = num(run.get("shards")) or 1
+    phases: list[tuple[str, float]] = []
+    if inference is not None and sync is not None and shards <= 1 and sync <= inference:
+        phases += [("Dataset sync", sync), ("Inference", inference - sync)]
+    elif inference is not None:
+        phases.append(("Inference incl. sync" if sync is not None else "Inference", inference))
+    elif sync is not None:
+        phases.append(("Dataset sync", sync))
+    for label, key in (("Evaluation", "evaluation_s"), ("Report", "report_s")):
+        if (v := num(run.get(key))) is not None:
+            phases.append((label, v))
+    return phases
+
+
 def timing_section(data: RunData) -> str:
     run = data.run
-    stages = [(label, float(v)) for label, key in TIMING_KEYS if (v := num(run.get(key))) is not None]
     n = num(data.metrics.get("n")) or 0
     throughput = num(run.get("throughput_samples_per_s"))
     inference = num(run.get("inference_s"))
     if throughput is None and inference and n:
         throughput = n / inference
-    rows = [f"<tr><td>{esc(label)}</td><td class=num>{v:,.2f} s</td></tr>" for label, v in stages]
-    if stages:
+    rows = []
+    for label, key in TIMING_KEYS:
+        v = num(run.get(key))
+        if v is None and key == "sync_s":
+            rows.append(f"<tr><td>{esc(label)}</td><td class='num muted'>not recorded</td></tr>")
+        elif v is not None:
+            rows.append(f"<tr><td>{esc(label)}</td><td class=num>{v:,.2f} s</td></tr>")
+    phases = timing_phases(run)
+    if phases:
         rows.append(
-            f"<tr><td><b>Total</b></td><td class=num><b>{sum(v for _, v in stages):,.2f} s</b></td></tr>"
+            "<tr><td><b>Total, wall clock</b></td>"
+            f"<td class=num><b>{sum(v for _, v in phases):,.2f} s</b></td></tr>"
         )
     rows.append(
         f"<tr><td>Throughput</td><td class=num>"
         f"{f'{throughput:,.2f} samples/s' if throughput is not None else '–'}</td></tr>"
     )
     gpu_s = num(run.get("gpu_seconds"))
-    if gpu_s is not None:
-        rows.append(f"<tr><td>GPU-seconds</td><td class=num>{gpu_s:,.1f}</td></tr>")
+    gpu_text = "not recorded" if gpu_s is None else f"{gpu_s:,.1f}" + (" (no GPU held)" if gpu_s == 0 else "")
+    rows.append(f"<tr><td>GPU-seconds</td><td class=num>{gpu_text}</td></tr>")
     lat = data.metrics.get("latency_ms") if isinstance(data.metrics.get("latency_ms"), dict) else {}
     if lat and lat.get("p50") is not None:
         rows.append(
@@ -625,7 +659,7 @@ def timing_section(data: RunData) -> str:
         rows.append(f"<tr><td>Scoring inside the eval container</td><td class=num>{elapsed:,.2f} s</td></tr>")
     return (
         f'<div class="timing"><table class="facts">{"".join(rows)}</table>'
-        f"<div>{timing_svg(stages)}</div></div>"
+        f"<div>{timing_svg(phases)}</div></div>"
     )
 
 
@@ -666,19 +700,28 @@ def metric_table(data: RunData, primary: str) -> str:
 
 
 def length_buckets(rows: list[dict[str, Any]], k: int = 5) -> list[tuple[str, list[dict[str, Any]]]]:
-    """Rows grouped by reference length into up to k quantile buckets."""
+    """Rows grouped by reference length into up to k quantile buckets.
+
+    Samples of one length never straddle two buckets (that would draw two bars
+    with the same label), so a bucket may hold more than n / k samples.
+    """
     keyed = sorted(
         (int(r.get("ref_chars") or len(str(r.get("reference") or ""))), i) for i, r in enumerate(rows)
     )
     if not keyed:
         return []
-    k = min(k, len(keyed))
+    size = math.ceil(len(keyed) / min(k, len(keyed)))
+    parts: list[list[tuple[int, int]]] = [[]]
+    for item in keyed:
+        current = parts[-1]
+        if len(current) >= size and item[0] != current[-1][0]:
+            parts.append([item])
+        else:
+            current.append(item)
     out: list[tuple[str, list[dict[str, Any]]]] = []
-    for b in range(k):
-        part = keyed[b * len(keyed) // k : (b + 1) * len(keyed) // k]
-        if not part:
-            continue
-        label = f"{part[0][0]}–{part[-1][0]} ch"
+    for part in parts:
+        lo, hi = part[0][0], part[-1][0]
+        label = f"{lo} ch" if lo == hi else f"{lo}–{hi} ch"
         out.append((label, [rows[i] for _, i in part]))
     return out
 
@@ -729,6 +772,12 @@ def gallery_card(
     if isinstance(answers, list) and len(answers) > 1:
         gt_label = f"ground truth (1 of {len(answers)}: {esc(clip(' | '.join(map(str, answers[1:6])), 200))})"
     pred_text = "" if prediction is None else str(prediction)
+    if prediction is None:
+        pred_html = '<div class="txt muted">none: the sample failed, scored as the worst value</div>'
+    elif not pred_text:
+        pred_html = '<div class="txt muted">(empty string)</div>'
+    else:
+        pred_html = f'<div class="txt">{esc(clip(pred_text))}</div>'
     err_html = (
         f'<div class="lbl">error</div><div class="txt err">{esc(clip(str(error)))}</div>' if error else ""
     )
@@ -738,7 +787,7 @@ def gallery_card(
         f'<span class="score">{esc(metric_name.upper())} {esc(fmt_num(score))}</span></div>'
         f"{img_html}<div class=body>{q_html}"
         f'<div class="lbl">{gt_label}</div><div class="txt">{esc(clip(reference))}</div>'
-        f'<div class="lbl">prediction</div><div class="txt">{esc(clip(pred_text))}</div>'
+        f'<div class="lbl">prediction</div>{pred_html}'
         f"{err_html}"
         f'<div class="lbl">diff (<del>missing</del> <ins>extra</ins>)</div>'
         f'<div class="txt">{char_diff_html(clip(reference), clip(pred_text))}</div>'
