@@ -7,9 +7,12 @@ and artifacts) needs no variable at all; production sets ``DATABASE_URL``,
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
+from urllib.parse import urlparse
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(environ.Env().str("HYPERBENCH_VAR_DIR", default=str(BASE_DIR / "var")))
@@ -131,6 +134,52 @@ CELERY_ACCEPT_CONTENT = ["json"]
 HYPERBENCH_DATASET_ROOTS = [
     Path(p).resolve() for p in env.list("HYPERBENCH_DATASET_ROOTS", default=[str(VAR_DIR / "datasets")])
 ]
+
+
+def _s3_endpoint(name: str) -> str:
+    """An S3 endpoint URL from the environment: http(s)://host[:port], nothing else; empty means AWS.
+
+    Refuses a path, query, credentials in the URL and link-local hosts (the cloud
+    metadata service lives at 169.254.169.254): the endpoint is where registration
+    sends the server's S3 keys.
+    """
+    raw = env.str(name, default="").strip()
+    if not raw:
+        return ""
+    parsed = urlparse(raw)
+    if (
+        parsed.scheme not in ("http", "https")
+        or not parsed.hostname
+        or parsed.username is not None
+        or parsed.path not in ("", "/")
+        or parsed.query
+        or parsed.fragment
+    ):
+        raise ImproperlyConfigured(f"{name} must look like http(s)://host[:port], not {raw!r}.")
+    try:
+        ip = ipaddress.ip_address(parsed.hostname)
+        link_local = ip.is_link_local or ip == ipaddress.ip_address("fd00:ec2::254")  # AWS IMDS over IPv6
+    except ValueError:
+        link_local = parsed.hostname.lower() in ("metadata", "metadata.google.internal")
+    if link_local:
+        raise ImproperlyConfigured(f"{name} points at a link-local (metadata) address: {raw!r}.")
+    return f"{parsed.scheme}://{parsed.netloc}"
+
+
+# S3 datasets (registration streams the manifest and lists the prefix from here).
+# Same variables as the host worker (worker/config.py), so one environment file
+# configures both. The endpoint, keys and buckets come from here only, never from
+# a request; with no bucket listed, s3:// registration is off. No credential chain
+# is consulted (it would reach the instance metadata service): give keys explicitly.
+HYPERBENCH_S3_ENDPOINT_URL = _s3_endpoint("HYPERBENCH_S3_ENDPOINT_URL")
+HYPERBENCH_S3_REGION = env.str("HYPERBENCH_S3_REGION", default="us-east-1")
+HYPERBENCH_S3_ACCESS_KEY_ID = env.str("AWS_ACCESS_KEY_ID", default="")
+HYPERBENCH_S3_SECRET_ACCESS_KEY = env.str("AWS_SECRET_ACCESS_KEY", default="")
+HYPERBENCH_S3_SESSION_TOKEN = env.str("AWS_SESSION_TOKEN", default="")
+HYPERBENCH_S3_BUCKETS = [b for b in env.list("HYPERBENCH_S3_BUCKETS", default=[]) if b]
+HYPERBENCH_S3_TIMEOUT_S = env.int("HYPERBENCH_S3_TIMEOUT_S", default=30)
+if HYPERBENCH_S3_TIMEOUT_S < 1:
+    raise ImproperlyConfigured("HYPERBENCH_S3_TIMEOUT_S must be at least 1.")
 HYPERBENCH_ARTIFACTS_URI = env.str(
     "HYPERBENCH_ARTIFACTS_URI", default=(VAR_DIR / "artifacts").resolve().as_uri() + "/"
 )

@@ -16,39 +16,54 @@ from pathlib import Path
 
 from worker import contract
 from worker.config import HostConfig
-from worker.gpus import list_gpus
+from worker.gpus import _nvml, list_gpus
+from worker.manifest import DATASET_JSON
+from worker.nodecache import CacheSettings, NodeCache, S3Settings
 
 logger = logging.getLogger(__name__)
 
 
-def cached_versions(cache_dir: Path) -> list[contract.CachedDataset]:
-    """Complete dataset versions under ``<cache>/datasets/<name>/<manifest-sha>/``."""
+def cached_versions(cache_dir: Path, budget_bytes: int = 0) -> list[contract.CachedDataset]:
+    """The complete dataset versions of the node cache under ``cache_dir``, most recently used first.
+
+    Read through :meth:`worker.nodecache.NodeCache.entries`, the cache's own view:
+    last use is the mtime of ``locks/<name>/<sha>.lease`` (touched by every sync
+    and lease) and a version is in use while some process holds that lease. The
+    human version name comes from the cached ``dataset.json``. No S3 access.
+    """
+    # Listing needs no endpoint or keys: a NodeCache with empty S3 settings never contacts S3 here.
+    cache = NodeCache(
+        CacheSettings(root=cache_dir, budget_bytes=budget_bytes),
+        S3Settings(endpoint_url=None, region="", access_key_id="", secret_access_key=""),
+    )
     out: list[contract.CachedDataset] = []
-    root = cache_dir / "datasets"
-    if not root.is_dir():
+    try:
+        entries = cache.entries()
+    except OSError:
+        logger.warning("could not list the node cache at %s", cache_dir, exc_info=True)
         return out
-    for marker in root.glob("*/*/.complete"):
-        version_dir = marker.parent
-        try:
-            info = json.loads(marker.read_text(encoding="utf-8") or "{}")
-        except (OSError, ValueError):
-            info = {}
-        size = info.get("bytes", info.get("total_bytes"))
-        if not isinstance(size, int):
-            size = sum(p.stat().st_size for p in version_dir.rglob("*") if p.is_file())
-        last_used_file = version_dir.parent / f".{version_dir.name}.last_used"
-        last_used = (last_used_file if last_used_file.exists() else marker).stat().st_mtime
+    for e in entries:
+        if not e.complete:
+            continue  # a sync in progress (or one a killed process left): not usable yet
         out.append(
             {
-                "name": str(info.get("name", version_dir.parent.name)),
-                "version": str(info.get("version", "")),
-                "manifest_sha256": version_dir.name,
-                "bytes": int(size),
-                "last_used": last_used,
-                "in_use": any(version_dir.parent.glob(f".{version_dir.name}.lease*")),
+                "name": e.name,
+                "version": _version_name(e.path),
+                "manifest_sha256": e.manifest_sha256,
+                "bytes": e.bytes,
+                "last_used": e.last_used,
+                "in_use": e.in_use,
             }
         )
     return out
+
+
+def _version_name(version_dir: Path) -> str:
+    try:
+        info = json.loads((version_dir / DATASET_JSON).read_bytes()[:1024 * 1024])
+    except (OSError, ValueError):
+        return ""
+    return str(info.get("version", "")) if isinstance(info, dict) else ""
 
 
 def running_containers() -> list[contract.RunningContainer]:
@@ -77,18 +92,34 @@ def running_containers() -> list[contract.RunningContainer]:
     return out
 
 
-def collect(cfg: HostConfig, worker_name: str, *, cache_budget_bytes: int = 0) -> contract.HostReport:
+def nvml_available() -> bool:
+    """NVML initialised in this process (it may still count zero GPUs)."""
+    # worker.gpus keeps the once-per-process NVML state; its initialiser is the one place to ask.
+    return _nvml() is not None
+
+
+def collect(
+    cfg: HostConfig, worker_name: str, *, cache_budget_bytes: int | None = None
+) -> contract.HostReport:
+    """One heartbeat: GPUs, the node cache (versions, bytes, budget) and the containers running here.
+
+    Args:
+        cfg: The host's settings; the cache budget defaults to ``cfg.cache_budget_bytes``.
+        worker_name: The Celery worker's name, as the admin shows it.
+        cache_budget_bytes: Overrides the configured budget (tests).
+    """
     gpus = list_gpus()
-    cache = cached_versions(cfg.cache_dir)
+    budget = cfg.cache_budget_bytes if cache_budget_bytes is None else cache_budget_bytes
+    cache = cached_versions(cfg.cache_dir, budget)
     return {
         "host": cfg.hostname,
         "worker": worker_name,
         "ts": time.time(),
         "gpus": [dict(g) for g in gpus],
-        "nvml": bool(gpus),
+        "nvml": nvml_available(),
         "cache": cache,
         "cache_bytes": sum(c["bytes"] for c in cache),
-        "cache_budget_bytes": cache_budget_bytes,
+        "cache_budget_bytes": budget,
         "running": running_containers(),
     }
 

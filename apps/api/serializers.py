@@ -4,8 +4,10 @@ attempt to pass an image string, a mount or a flag is an error, not ignored."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.catalog.models import Dataset, ModelImage
@@ -42,7 +44,11 @@ class DatasetSerializer(serializers.ModelSerializer):
 
 
 class DatasetRegisterSerializer(StrictMixin):
-    uri = serializers.CharField(max_length=1000, help_text="file:///dir/ under a configured dataset root")
+    uri = serializers.CharField(
+        max_length=1000,
+        help_text="file:///dir/ under a configured dataset root, "
+        "or s3://bucket/prefix/ in an allow-listed bucket",
+    )
 
 
 class ModelImageSerializer(StrictMixin, serializers.ModelSerializer):
@@ -109,7 +115,21 @@ class RunShardSerializer(serializers.ModelSerializer):
 class RunEventSerializer(serializers.ModelSerializer):
     class Meta:
         model = RunEvent
-        fields = ["kind", "stage", "host", "shard", "message", "created_at"]
+        fields = ["kind", "stage", "host", "shard", "message", "data", "created_at"]
+
+
+#: How many of a run's latest events the run API shows.
+RECENT_EVENTS = 20
+_SYNC_FIELDS = (
+    "phase",
+    "files_done",
+    "files_total",
+    "bytes_done",
+    "bytes_total",
+    "fetched_files",
+    "fetched_bytes",
+    "rate_bps",
+)
 
 
 class RunSerializer(serializers.ModelSerializer):
@@ -140,6 +160,8 @@ class RunSerializer(serializers.ModelSerializer):
             "report_uri",
             "report_url",
             "shards",
+            "sync",
+            "events",
             "created_at",
             "started_at",
             "finished_at",
@@ -154,8 +176,36 @@ class RunSerializer(serializers.ModelSerializer):
         return request.build_absolute_uri(path) if request else path
 
 
+    def get_sync(self, run: Run) -> list[dict[str, Any]]:
+        # One row per (shard, host): event_record keeps each sync's latest tick in place.
+        rows = run.events.filter(kind="progress", stage="sync").order_by("shard", "host")
+        out = []
+        for ev in rows:
+            data = ev.data or {}
+            out.append(
+                {
+                    "shard": ev.shard,
+                    "host": ev.host,
+                    **{k: data.get(k) for k in _SYNC_FIELDS},
+                    "message": ev.message,
+                    "started_at": serializers.DateTimeField().to_representation(ev.created_at),
+                }
+            )
+        return out
+
+    @extend_schema_field(RunEventSerializer(many=True))
+    def get_events(self, run: Run) -> Any:
+        latest = run.events.order_by("-created_at", "-id")[:RECENT_EVENTS]
+        return RunEventSerializer(reversed(list(latest)), many=True).data
+
+
+
 class HostSerializer(serializers.ModelSerializer):
     silent = serializers.BooleanField(read_only=True)
+    cache = serializers.SerializerMethodField(
+        help_text="Cached dataset versions: name, version, manifest_sha256, bytes, in_use, "
+        "last_used (unix time) and last_used_at (ISO 8601)"
+    )
 
     class Meta:
         model = Host
@@ -172,6 +222,18 @@ class HostSerializer(serializers.ModelSerializer):
             "running",
         ]
         read_only_fields = fields
+
+    def get_cache(self, host: Host) -> list[dict[str, Any]]:
+        out = []
+        for entry in host.cache or []:
+            ts = entry.get("last_used") if isinstance(entry, dict) else None
+            when = (
+                datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
+                if isinstance(ts, int | float) and not isinstance(ts, bool)
+                else None
+            )
+            out.append({**entry, "last_used_at": when} if isinstance(entry, dict) else entry)
+        return out
 
 
 class ComparisonStartSerializer(StrictMixin):

@@ -1,8 +1,26 @@
 from __future__ import annotations
 
-from django.contrib import admin
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
 
 from apps.catalog.models import Dataset, ModelImage
+from apps.catalog.services import RegistrationError, dataset_register
+
+
+class DatasetRegisterForm(forms.Form):
+    uri = forms.CharField(
+        label="URI",
+        max_length=1000,
+        widget=forms.TextInput(attrs={"size": 80, "placeholder": "s3://bucket/prefix/ or file:///dir/"}),
+        help_text="file:///dir/ under a configured dataset root, or s3://bucket/prefix/ in an "
+        "allow-listed bucket. The manifest is validated before anything is recorded.",
+    )
 
 
 @admin.register(Dataset)
@@ -10,11 +28,50 @@ class DatasetAdmin(admin.ModelAdmin):
     list_display = ["name", "version", "task", "sample_count", "total_bytes", "short_hash", "created_at"]
     list_filter = ["task"]
     search_fields = ["name", "version", "manifest_sha256"]
-    readonly_fields = ["manifest_sha256", "sample_count", "total_bytes", "created_by", "created_at"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Dataset | None = None) -> list[str]:
+        # A version is immutable once registered: everything it records came from its manifest.
+        return [f.name for f in Dataset._meta.fields if f.name != "id"]
 
     @admin.display(description="manifest")
     def short_hash(self, obj: Dataset) -> str:
         return obj.manifest_sha256[:12]
+
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """Register a version from its URI through ``dataset_register``.
+
+        Not the stock add view: that one wraps the request in a transaction, and
+        registration streams the manifest (and lists the S3 prefix) first.
+        """
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = DatasetRegisterForm(request.POST if request.method == "POST" else None)
+        problems: list[str] = []
+        if request.method == "POST" and form.is_valid():
+            try:
+                dataset = dataset_register(uri=form.cleaned_data["uri"], created_by=request.user)
+            except RegistrationError as e:
+                form.add_error("uri", str(e))
+                problems = e.problems
+            else:
+                self.log_addition(request, dataset, [{"added": {}}])
+                self.message_user(
+                    request,
+                    f"Registered {dataset}: {dataset.sample_count} samples, {dataset.total_bytes} bytes.",
+                    messages.SUCCESS,
+                )
+                return HttpResponseRedirect(reverse("admin:catalog_dataset_change", args=[dataset.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Register a dataset version",
+            "opts": self.model._meta,
+            "form": form,
+            "problems": problems,
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "admin/catalog/dataset/register.html", context)
 
 
 @admin.register(ModelImage)

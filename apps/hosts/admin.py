@@ -1,9 +1,21 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from django.contrib import admin
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.timesince import timesince
 
 from apps.hosts.models import Host
+
+
+def _when(ts: object) -> str:
+    """A unix time from a host report, in the admin's time zone."""
+    if not isinstance(ts, int | float) or isinstance(ts, bool):
+        return "-"
+    moment = timezone.localtime(datetime.fromtimestamp(ts, tz=UTC))
+    return f"{moment:%Y-%m-%d %H:%M:%S} ({timesince(moment)} ago)"
 
 
 def _mb(n: object) -> str:
@@ -33,7 +45,8 @@ class HostAdmin(admin.ModelAdmin):
 
     @admin.display(description="cache")
     def cache_summary(self, obj: Host) -> str:
-        return f"{len(obj.cache)} version(s), {obj.cache_bytes / 2**20:.1f} MiB"
+        budget = f" of {obj.cache_budget_bytes / 2**30:.1f} GiB" if obj.cache_budget_bytes else ""
+        return f"{len(obj.cache)} version(s), {obj.cache_bytes / 2**20:.1f} MiB{budget}"
 
     @admin.display(description="running")
     def running_summary(self, obj: Host) -> str:
@@ -78,19 +91,28 @@ class HostAdmin(admin.ModelAdmin):
             return "empty"
         rows = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1f} MiB</td><td>{}</td></tr>",
+            # Sizes formatted here: format_html escapes every argument to a string first.
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} MiB</td><td>{}</td><td>{}</td></tr>",
             (
                 (
                     c.get("name"),
                     c.get("version"),
                     str(c.get("manifest_sha256", ""))[:12],
-                    int(c.get("bytes", 0)) / 2**20,
+                    f"{int(c.get('bytes', 0)) / 2**20:.1f}",
+                    _when(c.get("last_used")),
                     "in use" if c.get("in_use") else "",
                 )
                 for c in obj.cache
             ),
         )
+        budget = (
+            f"{obj.cache_bytes / 2**20:.1f} MiB used of a {obj.cache_budget_bytes / 2**30:.1f} GiB budget"
+            if obj.cache_budget_bytes
+            else f"{obj.cache_bytes / 2**20:.1f} MiB used"
+        )
         return format_html(
-            "<table><tr><th>dataset</th><th>version</th><th>manifest</th><th>size</th><th></th></tr>{}</table>",
+            "<table><tr><th>dataset</th><th>version</th><th>manifest</th><th>size</th><th>last used</th>"
+            "<th></th></tr>{}</table><p>{}</p>",
             rows,
+            budget,
         )

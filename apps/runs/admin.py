@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -36,12 +38,38 @@ class RunShardInline(admin.TabularInline):
     readonly_fields = ["index", "attempt", "state", "host", "done", "total", "errors", "predictions_uri"]
 
 
+def _bytes(n: object) -> str:
+    if not isinstance(n, int | float):
+        return "?"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
 class RunEventInline(admin.TabularInline):
     model = RunEvent
     extra = 0
     can_delete = False
-    readonly_fields = ["created_at", "kind", "stage", "host", "shard", "message"]
+    readonly_fields = ["created_at", "kind", "stage", "host", "shard", "message", "details"]
     fields = readonly_fields
+
+    @admin.display(description="data")
+    def details(self, obj: RunEvent) -> str:
+        data = obj.data or {}
+        if obj.kind == "progress" and obj.stage == "sync":
+            # The latest tick of this shard's dataset sync (event_record keeps one row per sync).
+            return (
+                f"{data.get('phase', '?')}: "
+                f"{data.get('files_done', '?')}/{data.get('files_total', '?')} files, "
+                f"{_bytes(data.get('bytes_done'))} of {_bytes(data.get('bytes_total'))}, "
+                f"fetched {data.get('fetched_files', 0)} files ({_bytes(data.get('fetched_bytes', 0))}) "
+                f"at {_bytes(data.get('rate_bps', 0))}/s"
+            )
+        if not data:
+            return "-"
+        text = json.dumps(data, sort_keys=True, default=str)
+        return text if len(text) <= 300 else text[:300] + " ..."
 
 
 @admin.register(Run)

@@ -228,6 +228,41 @@ def _timings(run: Run) -> dict[str, Any]:
     return out
 
 
+def _sync_progress_record(*, run: Run, event: contract.Event, data: dict[str, Any]) -> None:
+    """Keep one ``progress``/``sync`` RunEvent per (shard, host), holding that sync's latest tick.
+
+    A sync ticks about once a second (files, bytes, rate in ``data``; the host
+    puts the shard there, None for evaluate/report): a row per tick would bury
+    the run's other events. Ticks may arrive late or twice, so an older tick
+    never overwrites a newer one. A tick also counts as a sign of life of its
+    shard: a long sync runs no container the reconciler could see.
+    """
+    raw = data.get("shard", event.get("shard"))
+    shard = raw if isinstance(raw, int) and not isinstance(raw, bool) else None
+    host = event.get("host", "")
+    ts = float(event.get("ts") or 0.0)
+    data = {**data, "shard": shard, "ts": ts}
+    message = event.get("message") or ""
+    now = timezone.now()
+    with transaction.atomic():
+        row = (
+            RunEvent.objects.select_for_update()
+            .filter(run=run, kind="progress", stage="sync", shard=shard, host=host)
+            .order_by("-id")
+            .first()
+        )
+        if row is None:
+            RunEvent.objects.create(
+                run=run, kind="progress", stage="sync", host=host, shard=shard, message=message, data=data
+            )
+        elif float((row.data or {}).get("ts") or 0.0) <= ts:
+            RunEvent.objects.filter(pk=row.pk).update(message=message, data=data)
+        if shard is not None and run.state not in Run.TERMINAL:
+            RunShard.objects.filter(run=run, index=shard, state=RunShard.State.RUNNING, host=host).update(
+                updated_at=now
+            )
+
+
 def event_record(*, event: contract.Event) -> None:
     """Apply one host event to the DB (control worker). Safe to call twice."""
     run_id = int(event["run_id"])
@@ -244,6 +279,9 @@ def event_record(*, event: contract.Event) -> None:
         and attempt is not None
         and RunShard.objects.filter(run=run, index=shard_index, attempt__gt=attempt).exists()
     )
+    if kind == "progress" and event["stage"] == "sync":
+        _sync_progress_record(run=run, event=event, data=data)
+        return
     if kind == "progress":
         if shard_index is not None and not stale:
             RunShard.objects.filter(run=run, index=shard_index).update(
