@@ -136,6 +136,10 @@ class RunSerializer(serializers.ModelSerializer):
     progress = serializers.FloatField(read_only=True)
     shards = RunShardSerializer(many=True, read_only=True)
     report_url = serializers.SerializerMethodField()
+    sync = serializers.SerializerMethodField(
+        help_text="Dataset sync into each host's node cache: the latest tick per shard (null: eval/report)"
+    )
+    events = serializers.SerializerMethodField(help_text=f"The run's {RECENT_EVENTS} latest events")
     model = serializers.CharField(source="experiment.model.name", read_only=True)
     dataset = serializers.CharField(source="experiment.dataset.__str__", read_only=True)
 
