@@ -204,3 +204,15 @@ CELERY_BEAT_SCHEDULE = {
 }
 # A host that has not reported for this long (three heartbeats) is shown as silent.
 HYPERBENCH_HOST_SILENT_S = env.int("HYPERBENCH_HOST_SILENT_S", default=90)
+
+# --- Artifact store, web side ----------------------------------------------------
+# The API links to run artifacts: file:// ones are streamed by the web process,
+# s3:// ones are presigned (and the report streamed) with the S3 endpoint and
+# keys above (HYPERBENCH_S3_*); the web side never writes artifacts. An artifact
+# is served only when its URI lies under HYPERBENCH_ARTIFACTS_URI or one of these
+# extra s3://bucket/prefix/ roots (say, the prefix runs used before a move).
+HYPERBENCH_ARTIFACTS_S3_ROOTS = [r for r in env.list("HYPERBENCH_ARTIFACTS_S3_ROOTS", default=[]) if r]
+HYPERBENCH_ARTIFACTS_URL_TTL_S = env.int("HYPERBENCH_ARTIFACTS_URL_TTL_S", default=900)
+if not 1 <= HYPERBENCH_ARTIFACTS_URL_TTL_S <= 7 * 24 * 3600:
+    # SigV4 presigned URLs live at most 7 days.
+    raise ImproperlyConfigured("HYPERBENCH_ARTIFACTS_URL_TTL_S must be between 1 and 604800 seconds.")

@@ -191,9 +191,12 @@ def test_a_container_that_exits_non_zero_fails_the_run_and_keeps_what_it_wrote(
     assert data["state"] == "failed"
     assert "exited with code 3" in data["error_reason"]
     assert "failing on purpose" in data["error_reason"]
-    kept = roots["artifacts"] / "runs" / str(run_id) / "shards" / "0" / "attempt-1"
-    assert len((kept / "predictions.jsonl").read_text().splitlines()) == 1
-    assert "failing on purpose" in (kept / "container.log").read_text()
+    run_dir = roots["artifacts"] / "runs" / str(run_id)
+    attempt = run_dir / "shards" / "0" / "attempt-1"
+    # What the failed attempt wrote is kept apart from the published key, which stays empty.
+    assert len((attempt / "rejected" / "predictions.jsonl").read_text().splitlines()) == 1
+    assert not (attempt / "predictions.jsonl").exists()
+    assert "failing on purpose" in (run_dir / "logs" / "infer" / "shard-0" / "attempt-1.log").read_text()
 
 
 def test_the_worker_keeps_serving_after_a_failed_run(
@@ -299,7 +302,7 @@ def test_an_api_model_reaches_its_registered_endpoint_with_the_hosts_key(
         "served-model"
     }
     log = (
-        roots["artifacts"] / "runs" / str(ok["id"]) / "shards" / "0" / "attempt-1" / "container.log"
+        roots["artifacts"] / "runs" / str(ok["id"]) / "logs" / "infer" / "shard-0" / "attempt-1.log"
     ).read_text()
     assert "sk-test-not-a-secret" not in log
     assert nokey["state"] == "failed" and "$HB_MISSING_KEY" in nokey["error_reason"]

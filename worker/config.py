@@ -23,6 +23,31 @@ def _words(value: str) -> list[str]:
     return [w.strip() for w in value.split(",") if w.strip()]
 
 
+def _s3_roots(value: str) -> tuple[str, ...]:
+    """``s3://bucket/prefix/`` entries, normalised to end in ``/``; refuses anything else."""
+    roots = []
+    for raw in _words(value):
+        if not raw.startswith("s3://") or len(raw) <= 5 or raw[5] == "/":
+            raise ValueError(
+                f"HYPERBENCH_ARTIFACTS_S3_ROOTS entries must be s3://bucket/prefix/, got {raw!r}"
+            )
+        segments = raw[5:].rstrip("/").split("/")
+        if any(seg in ("", ".", "..") for seg in segments[1:]):
+            raise ValueError(f"HYPERBENCH_ARTIFACTS_S3_ROOTS entry {raw!r} has an empty, '.' or '..' segment")
+        roots.append(raw.rstrip("/") + "/")
+    return tuple(roots)
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as e:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from e
+
+
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -65,6 +90,12 @@ class HostConfig:
     cache_budget_bytes: int = 100 * 1024**3
     cache_lock_timeout_s: int = 3600
     cache_verify: str = "stat"
+    # The artifact store (worker/storage.py): s3:// artifacts go through the same endpoint and
+    # keys as S3 datasets, and only under these roots (s3://bucket/prefix/).
+    artifact_s3_roots: tuple[str, ...] = ()
+    artifact_s3_max_attempts: int = 5
+    artifact_s3_connect_timeout_s: float = 10.0
+    artifact_s3_read_timeout_s: float = 60.0
     labels: dict[str, str] = field(default_factory=dict)
 
 
@@ -98,4 +129,8 @@ def load() -> HostConfig:
         cache_budget_bytes=_int("HYPERBENCH_CACHE_BUDGET_BYTES", 100 * 1024**3),
         cache_lock_timeout_s=_int("HYPERBENCH_CACHE_LOCK_TIMEOUT_S", 3600),
         cache_verify=os.environ.get("HYPERBENCH_CACHE_VERIFY", "stat"),
+        artifact_s3_roots=_s3_roots(os.environ.get("HYPERBENCH_ARTIFACTS_S3_ROOTS", "")),
+        artifact_s3_max_attempts=max(1, _int("HYPERBENCH_ARTIFACTS_S3_MAX_ATTEMPTS", 5)),
+        artifact_s3_connect_timeout_s=_float("HYPERBENCH_ARTIFACTS_S3_CONNECT_TIMEOUT_S", 10.0),
+        artifact_s3_read_timeout_s=_float("HYPERBENCH_ARTIFACTS_S3_READ_TIMEOUT_S", 60.0),
     )

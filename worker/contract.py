@@ -160,7 +160,7 @@ class Event(TypedDict):
     total: NotRequired[int]
     message: NotRequired[str]
     reason: NotRequired[str]
-    # shard_succeeded: artifact URI of the shard's predictions + counts
+    # shard_succeeded: artifact URI of the attempt's published predictions + counts
     # evaluated: metrics.json content + artifact URIs
     # reported: report URI
     data: NotRequired[dict[str, object]]
@@ -196,6 +196,44 @@ class HostReport(TypedDict):
     cache_bytes: int
     cache_budget_bytes: int
     running: list[RunningContainer]
+
+
+# --- Artifact layout, under a run's ``artifacts_uri`` (shared by both sides) -------------------
+#
+# runs/<run>/shards/<k>/attempt-<a>/predictions.jsonl           published: complete and validated
+# runs/<run>/shards/<k>/attempt-<a>/rejected/predictions.jsonl  what a failed attempt wrote (kept, never read)
+# runs/<run>/logs/infer/shard-<k>/attempt-<a>.log               container logs, per stage/shard/attempt
+# runs/<run>/logs/{evaluate,report}/attempt-<a>.log
+# runs/<run>/{predictions.jsonl,metrics.json,per_sample.jsonl,report.html}
+#
+# Keys carry the attempt so that a retried shard never overwrites or mixes with an
+# earlier attempt; the control side records the URI of the attempt it accepted.
+
+RUN_ARTIFACTS = {
+    "predictions": "predictions.jsonl",
+    "metrics": "metrics.json",
+    "per_sample": "per_sample.jsonl",
+    "report": "report.html",
+}
+LOGS_PREFIX = "logs/"
+
+
+def shard_predictions_key(shard: int, attempt: int) -> str:
+    """Key (relative to the run's ``artifacts_uri``) of a shard attempt's published predictions."""
+    return f"shards/{int(shard)}/attempt-{int(attempt)}/predictions.jsonl"
+
+
+def shard_rejected_key(shard: int, attempt: int) -> str:
+    """Key of what a failed shard attempt wrote: kept for a person to look at, never evaluated."""
+    return f"shards/{int(shard)}/attempt-{int(attempt)}/rejected/predictions.jsonl"
+
+
+def log_key(stage: str, attempt: int, shard: int | None = None) -> str:
+    """Key of a container log: ``logs/<stage>[/shard-<k>]/attempt-<a>.log``."""
+    if not stage.isalpha():
+        raise ValueError(f"not a stage name: {stage!r}")
+    where = f"{stage}/shard-{int(shard)}" if shard is not None else stage
+    return f"{LOGS_PREFIX}{where}/attempt-{int(attempt)}.log"
 
 
 def shard_of(index: int, shards: int) -> int:

@@ -32,7 +32,7 @@ from worker.errors import HostError
 from worker.gpus import GpuAllocator, GpuInfo, GpuLease, list_gpus
 from worker.manifest import iter_samples
 from worker.nodecache import SyncProgress
-from worker.storage import FileStore, uri_join
+from worker.storage import Artifacts, artifacts_from_config, uri_join
 
 logger = logging.getLogger(__name__)
 
@@ -317,10 +317,35 @@ def _container_spec(
     )
 
 
-def _keep_log(store: FileStore, spec: contract.RunSpec, key: str, text: str, job: Path) -> None:
+def _keep_log(store: Artifacts, spec: contract.RunSpec, key: str, text: str, job: Path) -> None:
+    """Keep a container's log tail at ``key`` (see ``contract.log_key``) under the run's artifacts."""
     log = job / "container.log"
     log.write_text(text, encoding="utf-8")
     store.put_file(log, uri_join(spec["artifacts_uri"], key))
+
+
+def _published_counts(store: Artifacts, uri: str, cfg: HostConfig) -> tuple[int, int]:
+    """(predictions, errors) of a published shard attempt, read back from the store."""
+    cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="published-", dir=cfg.work_dir) as tmp:
+        local = store.get_file(uri, Path(tmp) / "predictions.jsonl")
+        count = errors = 0
+        with open(local, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    count += 1
+                    errors += bool(json.loads(line).get("error"))
+    return count, errors
+
+
+def _keep_rejected(store: Artifacts, local: Path, uri: str) -> None:
+    """Keep what a failed attempt wrote, apart from the published key; never mask the failure."""
+    if not local.is_file():
+        return
+    try:
+        store.put_file(local, uri)
+    except HostError as e:
+        logger.warning("could not keep the rejected predictions at %s: %s", uri, e)
 
 
 def _raise_unless_ok(what: str, result: containers.ContainerResult, spec: contract.RunSpec) -> None:
@@ -343,19 +368,28 @@ def infer_shard(self: Task, payload: contract.ShardTask) -> None:
 def _infer(spec: contract.RunSpec, shard: int, attempt: int) -> None:
     cfg = _config()
     run_id = spec["run_id"]
-    store = FileStore(cfg.artifact_roots)
-    published = uri_join(spec["artifacts_uri"], f"shards/{shard}/predictions.jsonl")
+    store = artifacts_from_config(cfg)
+    base = spec["artifacts_uri"]
+    # Keyed by attempt: a retried shard never overwrites, or mixes with, an earlier attempt's
+    # output, and only this attempt's complete, validated predictions are ever published here.
+    published = uri_join(base, contract.shard_predictions_key(shard, attempt))
     with _fence(cfg, f"run-{run_id}-shard-{shard}"), ExitStack() as held:
         if store.exists(published):
-            # A re-delivery of a shard that already finished: announce, do not redo.
-            count = sum(1 for _ in open(store.path_of(published), encoding="utf-8"))
+            # A re-delivery of an attempt that already finished: announce, do not redo.
+            count, errors = _published_counts(store, published, cfg)
             events.emit(
                 run_id,
                 "shard_succeeded",
                 "infer",
                 shard=shard,
                 attempt=attempt,
-                data={"predictions_uri": published, "count": count, "redelivered": True},
+                data={
+                    "predictions_uri": published,
+                    "attempt": attempt,
+                    "count": count,
+                    "errors": errors,
+                    "redelivered": True,
+                },
             )
             return
         model = spec["model"]
@@ -394,16 +428,15 @@ def _infer(spec: contract.RunSpec, shard: int, attempt: int) -> None:
                 ],
             )
             result = containers.run(cspec, on_tick=_progress_reader(run_id, shard, out, len(ids)))
-            _keep_log(store, spec, f"shards/{shard}/attempt-{attempt}/container.log", result.log_tail, job)
-            if out.joinpath("predictions.jsonl").is_file():
-                # Whatever the model produced is kept, even when the shard fails.
-                store.put_file(
-                    out / "predictions.jsonl",
-                    uri_join(spec["artifacts_uri"], f"shards/{shard}/attempt-{attempt}/predictions.jsonl"),
-                )
-            _raise_unless_ok(f"Model container {model['image']}", result, spec)
-            count, errors = _check_predictions(out / "predictions.jsonl", ids)
-            store.put_file(out / "predictions.jsonl", published)
+            _keep_log(store, spec, contract.log_key("infer", attempt, shard), result.log_tail, job)
+            raw = out / "predictions.jsonl"
+            try:
+                _raise_unless_ok(f"Model container {model['image']}", result, spec)
+                count, errors = _check_predictions(raw, ids)
+            except HostError:
+                _keep_rejected(store, raw, uri_join(base, contract.shard_rejected_key(shard, attempt)))
+                raise
+            store.put_file(raw, published)
         events.emit(
             run_id,
             "shard_succeeded",
@@ -412,6 +445,7 @@ def _infer(spec: contract.RunSpec, shard: int, attempt: int) -> None:
             attempt=attempt,
             data={
                 "predictions_uri": published,
+                "attempt": attempt,
                 "count": count,
                 "errors": errors,
                 "image_digest": result.image_id,
@@ -424,13 +458,44 @@ def _infer(spec: contract.RunSpec, shard: int, attempt: int) -> None:
 @app.task(name=contract.TASK_EVALUATE, bind=True, acks_late=True, reject_on_worker_lost=True)
 def evaluate(self: Task, payload: dict[str, Any]) -> None:
     spec: contract.RunSpec = payload["spec"]
-    _guard("evaluate", spec["run_id"], None, lambda: _evaluate(spec, list(payload["predictions"])), self)
+    attempt = self.request.retries + 1
+    _guard(
+        "evaluate",
+        spec["run_id"],
+        None,
+        lambda: _evaluate(spec, list(payload["predictions"]), attempt=attempt),
+        self,
+    )
 
 
-def _evaluate(spec: contract.RunSpec, shard_uris: list[str]) -> None:
+def _ends_with_newline(path: Path) -> bool:
+    size = path.stat().st_size
+    if size == 0:
+        return True
+    with open(path, "rb") as f:
+        f.seek(size - 1)
+        return f.read(1) == b"\n"
+
+
+def _accepted_shard_uris(spec: contract.RunSpec, shard_uris: list[str]) -> list[str]:
+    """The shard predictions the control side accepted: one per shard, all under this run's artifacts."""
+    if len(shard_uris) != spec["shards"]:
+        raise HostError(
+            f"Evaluation got {len(shard_uris)} shard predictions for a run of {spec['shards']} shards."
+        )
+    base = spec["artifacts_uri"].rstrip("/") + "/"
+    for k, uri in enumerate(shard_uris):
+        if not uri or not uri.startswith(base):
+            raise HostError(f"Shard {k} has no accepted predictions under {base} (got {uri!r}).")
+    return shard_uris
+
+
+def _evaluate(spec: contract.RunSpec, shard_uris: list[str], *, attempt: int = 1) -> None:
     cfg = _config()
     run_id = spec["run_id"]
-    store = FileStore(cfg.artifact_roots)
+    store = artifacts_from_config(cfg)
+    # Exactly the attempts the control side recorded, never "whatever is in the shard's folder".
+    shard_uris = _accepted_shard_uris(spec, shard_uris)
     events.emit(run_id, "started", "evaluate")
     with (
         dataset_lease(spec["dataset"], cfg, on_progress=_sync_progress(run_id, None)) as dataset_dir,
@@ -438,10 +503,15 @@ def _evaluate(spec: contract.RunSpec, shard_uris: list[str]) -> None:
         _job_dir(cfg, f"run{run_id}-eval") as job,
     ):
         merged = job / "predictions.jsonl"
+        part = job / "shard.jsonl"
         with open(merged, "wb") as f:
             for uri in shard_uris:
-                with open(store.path_of(uri), "rb") as src:
+                store.get_file(uri, part)
+                with open(part, "rb") as src:
                     shutil.copyfileobj(src, f)
+                if not _ends_with_newline(part):
+                    f.write(b"\n")  # a shard without a final newline must not glue onto the next
+                part.unlink()
         merged.chmod(0o644)
         img = spec["eval_image"]
         cspec = _container_spec(
@@ -457,7 +527,7 @@ def _evaluate(spec: contract.RunSpec, shard_uris: list[str]) -> None:
             ],
         )
         result = containers.run(cspec)
-        _keep_log(store, spec, "logs/evaluate.log", result.log_tail, job)
+        _keep_log(store, spec, contract.log_key("evaluate", attempt), result.log_tail, job)
         _raise_unless_ok(f"Eval container {img['image']}", result, spec)
         metrics_path = job / "output" / "metrics.json"
         try:
@@ -477,13 +547,14 @@ def _evaluate(spec: contract.RunSpec, shard_uris: list[str]) -> None:
 @app.task(name=contract.TASK_REPORT, bind=True, acks_late=True, reject_on_worker_lost=True)
 def report(self: Task, payload: dict[str, Any]) -> None:
     spec: contract.RunSpec = payload["spec"]
-    _guard("report", spec["run_id"], None, lambda: _report(spec, payload), self)
+    attempt = self.request.retries + 1
+    _guard("report", spec["run_id"], None, lambda: _report(spec, payload, attempt=attempt), self)
 
 
-def _report(spec: contract.RunSpec, payload: dict[str, Any]) -> None:
+def _report(spec: contract.RunSpec, payload: dict[str, Any], *, attempt: int = 1) -> None:
     cfg = _config()
     run_id = spec["run_id"]
-    store = FileStore(cfg.artifact_roots)
+    store = artifacts_from_config(cfg)
     events.emit(run_id, "started", "report")
     with (
         dataset_lease(spec["dataset"], cfg, on_progress=_sync_progress(run_id, None)) as dataset_dir,
@@ -512,7 +583,7 @@ def _report(spec: contract.RunSpec, payload: dict[str, Any]) -> None:
             ],
         )
         result = containers.run(cspec)
-        _keep_log(store, spec, "logs/report.log", result.log_tail, job)
+        _keep_log(store, spec, contract.log_key("report", attempt), result.log_tail, job)
         _raise_unless_ok(f"Report container {img['image']}", result, spec)
         html = job / "output" / "report.html"
         if not html.is_file():
@@ -553,7 +624,7 @@ def compare(self: Task, payload: contract.CompareTask) -> None:
 def _compare(payload: contract.CompareTask) -> str:
     cfg = _config()
     cid = payload["comparison_id"]
-    store = FileStore(cfg.artifact_roots)
+    store = artifacts_from_config(cfg)
     with (
         dataset_lease(payload["dataset"], cfg) as dataset_dir,
         _fence(cfg, f"comparison-{cid}"),

@@ -136,6 +136,9 @@ class RunSerializer(serializers.ModelSerializer):
     progress = serializers.FloatField(read_only=True)
     shards = RunShardSerializer(many=True, read_only=True)
     report_url = serializers.SerializerMethodField()
+    artifacts_url = serializers.SerializerMethodField(
+        help_text="Where the download links of the run's artifacts are (outputs, report, logs)"
+    )
     sync = serializers.SerializerMethodField(
         help_text="Dataset sync into each host's node cache: the latest tick per shard (null: eval/report)"
     )
@@ -163,6 +166,7 @@ class RunSerializer(serializers.ModelSerializer):
             "per_sample_uri",
             "report_uri",
             "report_url",
+            "artifacts_url",
             "shards",
             "sync",
             "events",
@@ -179,6 +183,10 @@ class RunSerializer(serializers.ModelSerializer):
         path = f"/api/v1/runs/{run.pk}/report/"
         return request.build_absolute_uri(path) if request else path
 
+    def get_artifacts_url(self, run: Run) -> str:
+        request = self.context.get("request")
+        path = f"/api/v1/runs/{run.pk}/artifacts/"
+        return request.build_absolute_uri(path) if request else path
 
     def get_sync(self, run: Run) -> list[dict[str, Any]]:
         # One row per (shard, host): event_record keeps each sync's latest tick in place.
@@ -202,6 +210,18 @@ class RunSerializer(serializers.ModelSerializer):
         latest = run.events.order_by("-created_at", "-id")[:RECENT_EVENTS]
         return RunEventSerializer(reversed(list(latest)), many=True).data
 
+
+class RunArtifactsSerializer(serializers.Serializer):
+    """``GET /api/v1/runs/<id>/artifacts/``: name -> download URL (for the schema; the view answers dicts)."""
+
+    run = serializers.IntegerField()
+    expires_in = serializers.IntegerField(
+        allow_null=True, help_text="Seconds the presigned (s3://) links stay valid; null: no s3:// link"
+    )
+    artifacts = serializers.DictField(
+        child=serializers.URLField(),
+        help_text="predictions, metrics, per_sample, report, shards/<k>/predictions, logs/<stage>/...log",
+    )
 
 
 class HostSerializer(serializers.ModelSerializer):

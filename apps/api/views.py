@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.db.models import QuerySet
-from django.http import FileResponse, Http404
+from django.http import FileResponse, Http404, HttpResponseRedirect, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
@@ -17,8 +20,9 @@ from apps.api import serializers as s
 from apps.catalog.models import Dataset, ModelImage
 from apps.catalog.services import RegistrationError, dataset_register, model_image_register
 from apps.hosts.models import Host
+from apps.runs import artifacts
 from apps.runs.models import Comparison, Experiment, Run
-from apps.runs.selectors import artifact_path, leaderboard
+from apps.runs.selectors import RunArtifact, leaderboard, run_artifacts
 from apps.runs.services import RunError, comparison_start, run_cancel, run_start
 from worker import contract
 
@@ -108,15 +112,76 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
 
     @extend_schema(responses={(200, "text/html"): bytes})
     @action(detail=True, methods=["get"])
-    def report(self, request: Request, pk: str | None = None) -> FileResponse:
+    def report(self, request: Request, pk: str | None = None) -> HttpResponseBase:
         return _html_artifact(self.get_object().report_uri)
 
+    @extend_schema(responses={200: s.RunArtifactsSerializer})
+    @action(detail=True, methods=["get"])
+    def artifacts(self, request: Request, pk: str | None = None) -> Response:
+        """Download links of the run's artifacts, by name: presigned URLs (s3://) or API URLs (file://)."""
+        run = self.get_object()
+        found = run_artifacts(run=run)
+        try:
+            links = {a.name: _artifact_link(request, run, a) for a in found}
+        except artifacts.ArtifactError as e:
+            return Response({"detail": str(e)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        s3 = any(a.location.is_s3 for a in found)
+        return Response(
+            {
+                "run": run.pk,
+                "expires_in": int(settings.HYPERBENCH_ARTIFACTS_URL_TTL_S) if s3 else None,
+                "artifacts": links,
+            }
+        )
 
-def _html_artifact(uri: str) -> FileResponse:
-    path = artifact_path(uri) if uri else None
-    if path is None:
-        raise Http404("There is no report (yet), or its file is missing from the artifact store.")
-    return FileResponse(path.open("rb"), content_type="text/html")
+    @extend_schema(responses={(200, "application/octet-stream"): bytes, 302: None})
+    @action(
+        detail=True, methods=["get"], url_path=r"artifacts/(?P<name>[A-Za-z0-9_./-]+)", url_name="artifact"
+    )
+    def artifact(self, request: Request, pk: str | None = None, name: str = "") -> HttpResponseBase:
+        """One artifact by its name in ``artifacts/``: streamed (file://) or redirected to S3 (presigned)."""
+        found = {a.name: a for a in run_artifacts(run=self.get_object())}.get(name)
+        if found is None:
+            raise Http404(f"The run has no artifact {name!r}.")
+        if found.location.is_s3:
+            try:
+                return HttpResponseRedirect(artifacts.presigned_url(found.location, filename=_filename(name)))
+            except artifacts.ArtifactError as e:
+                return Response({"detail": str(e)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        return _stream(found.location)
+
+
+def _filename(name: str) -> str:
+    return name.replace("/", "-")
+
+
+def _artifact_link(request: Request, run: Run, a: RunArtifact) -> str:
+    if a.location.is_s3:
+        return artifacts.presigned_url(a.location, filename=_filename(a.name))
+    return request.build_absolute_uri(reverse("run-artifact", kwargs={"pk": run.pk, "name": a.name}))
+
+
+def _stream(loc: artifacts.Location) -> HttpResponseBase:
+    if loc.path is not None:
+        if not loc.path.is_file():
+            raise Http404("The artifact is missing from the artifact store.")
+        return FileResponse(loc.path.open("rb"), content_type=loc.content_type)
+    try:
+        chunks, size = artifacts.open_stream(loc)
+    except artifacts.ArtifactError as e:
+        raise Http404(str(e)) from e
+    response = StreamingHttpResponse(chunks, content_type=loc.content_type)
+    if size is not None:
+        response["Content-Length"] = str(size)
+    return response
+
+
+def _html_artifact(uri: str) -> HttpResponseBase:
+    """A report, from either store, served by the API itself (the admin links here)."""
+    loc = artifacts.locate(uri) if uri else None
+    if loc is None:
+        raise Http404("There is no report (yet), or it is outside the artifact store.")
+    return _stream(loc)
 
 
 class ComparisonViewSet(viewsets.ReadOnlyModelViewSet):
@@ -147,7 +212,7 @@ class ComparisonViewSet(viewsets.ReadOnlyModelViewSet):
 
     @extend_schema(responses={(200, "text/html"): bytes})
     @action(detail=True, methods=["get"])
-    def report(self, request: Request, pk: str | None = None) -> FileResponse:
+    def report(self, request: Request, pk: str | None = None) -> HttpResponseBase:
         return _html_artifact(self.get_object().report_uri)
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from django.conf import settings
 from django.db.models import QuerySet
 
 from apps.catalog.models import Dataset
+from apps.runs import artifacts
 from apps.runs.models import Run
 from worker import contract
 
@@ -152,24 +152,73 @@ def _version_key(v: str) -> tuple[int, ...]:
 
 
 def artifact_path(uri: str) -> Path | None:
-    """The local path of a ``file://`` artifact under the configured store, else None."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "file":
+    """The local path of a ``file://`` artifact under the configured store, else None (s3:// too)."""
+    loc = artifacts.locate(uri) if uri else None
+    if loc is None or loc.path is None:
         return None
-    path = Path(unquote(parsed.path)).resolve()
-    root = Path(unquote(urlparse(settings.HYPERBENCH_ARTIFACTS_URI).path)).resolve()
-    return path if path.is_relative_to(root) and path.is_file() else None
+    return loc.path if loc.path.is_file() else None
+
+
+@dataclass(frozen=True)
+class RunArtifact:
+    """One downloadable artifact of a run: a stable name (used in URLs) and where it lives."""
+
+    name: str
+    location: artifacts.Location
+
+
+def run_artifacts(*, run: Run) -> list[RunArtifact]:
+    """The run's artifacts a person may download, by name.
+
+    The run's outputs as the control side recorded them (predictions, metrics,
+    per-sample scores, report), each shard's accepted predictions (the attempt
+    the control side accepted, ``shards/<k>/predictions``), and every container
+    log under the run's ``logs/`` (``logs/infer/shard-0/attempt-1.log``...; logs
+    of failed attempts included, they are what a person wants to read). Only URIs
+    the configured store may serve are listed.
+    """
+    found: list[tuple[str, str]] = [
+        (name, uri)
+        for name, uri in (
+            ("predictions", run.predictions_uri),
+            ("metrics", run.metrics_uri),
+            ("per_sample", run.per_sample_uri),
+            ("report", run.report_uri),
+        )
+        if uri
+    ]
+    found += [
+        (f"shards/{shard.index}/predictions", shard.predictions_uri)
+        for shard in run.shards.all()
+        if shard.predictions_uri
+    ]
+    base = str((run.spec or {}).get("artifacts_uri") or "")
+    if base:
+        base = base.rstrip("/") + "/"
+        try:
+            logs = artifacts.list_under(base + contract.LOGS_PREFIX)
+        except artifacts.ArtifactError:
+            logs = []  # the store is unreachable: still list what the DB knows
+        found += [(uri[len(base) :], uri) for uri in logs if uri.startswith(base)]
+    out = []
+    for name, uri in found:
+        loc = artifacts.locate(uri)
+        if loc is not None:
+            out.append(RunArtifact(name=name, location=loc))
+    return out
 
 
 def run_samples(
     *, run: Run, metric: str, low: float | None = None, high: float | None = None, errors_only: bool = False
 ) -> Iterator[dict[str, Any]]:
-    """Stream a run's per-sample rows, filtered by score range or error."""
-    path = artifact_path(run.per_sample_uri)
-    if path is None:
+    """Stream a run's per-sample rows (from either store), filtered by score range or error."""
+    if not run.per_sample_uri:
         return
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    try:
+        lines = artifacts.iter_lines(run.per_sample_uri)
+        for line in lines:
+            if not line.strip():
+                continue
             row = json.loads(line)
             if errors_only and not (row.get("error") or row.get("missing")):
                 continue
@@ -179,6 +228,8 @@ def run_samples(
             if high is not None and (score is None or score > high):
                 continue
             yield row
+    except artifacts.ArtifactError:
+        return
 
 
 def dataset_file(run: Run, relative: str) -> Path | None:
