@@ -84,6 +84,19 @@ def _api(method: str, path: str, headers: dict[str, str], **kw: Any) -> Any:
     return r.json()
 
 
+def _image_ids(version: str) -> dict[str, str]:
+    """name -> local image id of the images the demo pins (the model and the system images)."""
+    client = docker.from_env(timeout=30)
+    ids: dict[str, str] = {}
+    for name in ("ocr-rapidocr", "eval", "report"):
+        ref = f"hyperbench/{name}:{version}"
+        try:
+            ids[name] = str(client.images.get(ref).id)
+        except docker.errors.ImageNotFound as e:
+            raise DemoError(f"image {ref} is missing; build it with `make images`.") from e
+    return ids
+
+
 def main() -> int:
     started = time.monotonic()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
@@ -112,7 +125,16 @@ def main() -> int:
     headers = {"Authorization": f"Token {token}"}
 
     console.print("[bold]3/6[/] web, control worker, host worker, Flower")
-    stack = Stack(var_dir=VAR, flower_auth=f"admin:{password}", secret_key=secret_key)
+    version = (REPO / "images" / "VERSION").read_text().strip()
+    image_ids = _image_ids(version)
+    # Runs pin every image by id: the web side takes the system images' ids from its settings.
+    pins = {
+        "HYPERBENCH_EVAL_IMAGE": f"hyperbench/eval:{version}",
+        "HYPERBENCH_EVAL_IMAGE_DIGEST": image_ids["eval"],
+        "HYPERBENCH_REPORT_IMAGE": f"hyperbench/report:{version}",
+        "HYPERBENCH_REPORT_IMAGE_DIGEST": image_ids["report"],
+    }
+    stack = Stack(var_dir=VAR, flower_auth=f"admin:{password}", secret_key=secret_key, env=pins)
     stack.stop()  # a re-run restarts the stack, so it runs the code that is checked out now
     for port, what in ((8000, "web app"), (5555, "Flower")):
         if _port_busy(port):
@@ -123,9 +145,7 @@ def main() -> int:
 
     console.print("[bold]4/6[/] register the dataset and the model (REST API)")
     dataset = _api("POST", "/api/v1/datasets/", headers, json={"uri": DATASET_DIR.as_uri() + "/"})
-    version = (REPO / "images" / "VERSION").read_text().strip()
     image = f"hyperbench/ocr-rapidocr:{version}"
-    digest = str(docker.from_env(timeout=30).images.get(image).id)
     _api(
         "POST",
         "/api/v1/models/",
@@ -133,7 +153,7 @@ def main() -> int:
         json={
             "name": "rapidocr",
             "image": image,
-            "digest": digest,
+            "digest": image_ids["ocr-rapidocr"],  # the registration pins the model to this image id
             "requires_gpu": False,
             "description": "RapidOCR (PP-OCR ONNX models bundled in the rapidocr wheel), CPU",
         },

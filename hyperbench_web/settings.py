@@ -183,8 +183,35 @@ if HYPERBENCH_S3_TIMEOUT_S < 1:
 HYPERBENCH_ARTIFACTS_URI = env.str(
     "HYPERBENCH_ARTIFACTS_URI", default=(VAR_DIR / "artifacts").resolve().as_uri() + "/"
 )
-HYPERBENCH_EVAL_IMAGE = env.str("HYPERBENCH_EVAL_IMAGE", default="hyperbench/eval:latest")
-HYPERBENCH_REPORT_IMAGE = env.str("HYPERBENCH_REPORT_IMAGE", default="hyperbench/report:latest")
+
+
+def _image_id(name: str) -> str:
+    """A pinned image id from the environment: ``sha256:`` + 64 hex digits, or "" when unset.
+
+    Unset is allowed so that manage.py and the admin work before the images are
+    built; starting a run then refuses, naming the variable (apps/runs/services.py).
+    """
+    from django.core.exceptions import ImproperlyConfigured
+
+    from worker.contract import is_image_id  # stdlib only: the one worker module the web side uses
+
+    raw = env.str(name, default="").strip()
+    if raw and not is_image_id(raw):
+        raise ImproperlyConfigured(
+            f"{name} must be a full image id (sha256: and 64 hex digits, as printed by "
+            f"`docker image inspect --format '{{{{.Id}}}}' IMAGE`), not {raw!r}."
+        )
+    return raw
+
+
+# System images (eval, report): a reference plus the image id it must resolve to
+# on every host, so they are pinned like registered models (docs/architecture.md).
+_IMAGES_VERSION_FILE = BASE_DIR / "images" / "VERSION"
+_IMAGES_VERSION = _IMAGES_VERSION_FILE.read_text().strip() if _IMAGES_VERSION_FILE.is_file() else "latest"
+HYPERBENCH_EVAL_IMAGE = env.str("HYPERBENCH_EVAL_IMAGE", default=f"hyperbench/eval:{_IMAGES_VERSION}")
+HYPERBENCH_EVAL_IMAGE_DIGEST = _image_id("HYPERBENCH_EVAL_IMAGE_DIGEST")
+HYPERBENCH_REPORT_IMAGE = env.str("HYPERBENCH_REPORT_IMAGE", default=f"hyperbench/report:{_IMAGES_VERSION}")
+HYPERBENCH_REPORT_IMAGE_DIGEST = _image_id("HYPERBENCH_REPORT_IMAGE_DIGEST")
 HYPERBENCH_CONTAINER_TIMEOUT_S = env.int("HYPERBENCH_CONTAINER_TIMEOUT_S", default=3600)
 HYPERBENCH_CONTAINER_MEMORY_MB = env.int("HYPERBENCH_CONTAINER_MEMORY_MB", default=4096)
 HYPERBENCH_CONTAINER_CPUS = env.float("HYPERBENCH_CONTAINER_CPUS", default=2.0)

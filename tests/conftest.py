@@ -184,8 +184,15 @@ def workers(
 
 
 @pytest.fixture
-def platform(settings: Any, transactional_db: None, workers: Stack, roots: dict[str, Path]) -> Stack:
-    """The web side configured like the workers: same roots, committed transactions."""
+def platform(
+    settings: Any, transactional_db: None, workers: Stack, roots: dict[str, Path], images: dict[str, str]
+) -> Stack:
+    """The web side configured like the workers: same roots, committed transactions, system images
+    pinned to the ids of the images built here."""
+    settings.HYPERBENCH_EVAL_IMAGE = f"hyperbench/eval:{IMAGE_VERSION}"
+    settings.HYPERBENCH_EVAL_IMAGE_DIGEST = images["eval"]
+    settings.HYPERBENCH_REPORT_IMAGE = f"hyperbench/report:{IMAGE_VERSION}"
+    settings.HYPERBENCH_REPORT_IMAGE_DIGEST = images["report"]
     settings.HYPERBENCH_DATASET_ROOTS = [roots["datasets"]]
     settings.HYPERBENCH_ARTIFACTS_URI = roots["artifacts"].as_uri() + "/"
     settings.HYPERBENCH_CONTAINER_TIMEOUT_S = 300

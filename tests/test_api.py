@@ -13,6 +13,8 @@ from apps.catalog.models import Dataset, ModelImage
 from apps.runs.models import Experiment, Run
 from tests.conftest import load_script
 
+PINNED = "sha256:" + "a" * 64  # a model is registered with the image id it is pinned to
+
 
 @pytest.fixture
 def dataset_root(settings: Any, tmp_path: Path) -> Path:
@@ -84,7 +86,7 @@ def test_a_dataset_outside_the_configured_roots_is_refused(as_alice: APIClient, 
 
 
 def test_only_staff_register_models(as_alice: APIClient, as_staff: APIClient) -> None:
-    body = {"name": "rapidocr", "image": "hyperbench/ocr-rapidocr:latest"}
+    body = {"name": "rapidocr", "image": "hyperbench/ocr-rapidocr:latest", "digest": PINNED}
     assert as_alice.post("/api/v1/models/", body, format="json").status_code == 403
     assert as_staff.post("/api/v1/models/", body, format="json").status_code == 201
     assert as_alice.get("/api/v1/models/").json()["results"][0]["name"] == "rapidocr"
@@ -103,7 +105,8 @@ def test_an_experiment_naming_an_unknown_model_is_refused(as_alice: APIClient, d
 def test_unknown_fields_are_rejected_not_ignored(
     as_alice: APIClient, as_staff: APIClient, dataset_root: Path, field: str
 ) -> None:
-    as_staff.post("/api/v1/models/", {"name": "m", "image": "hyperbench/testkit:latest"}, format="json")
+    model = {"name": "m", "image": "hyperbench/testkit:latest", "digest": PINNED}
+    as_staff.post("/api/v1/models/", model, format="json")
     ds = as_alice.post("/api/v1/datasets/", {"uri": _dataset(dataset_root).as_uri()}, format="json").json()
     body = {"name": "x", "model": "m", "dataset": ds["id"], field: "/var/run/docker.sock"}
 
@@ -117,7 +120,8 @@ def test_unknown_fields_are_rejected_not_ignored(
 def test_a_teammate_cannot_see_or_start_the_owners_runs(
     as_alice: APIClient, as_bob: APIClient, as_staff: APIClient, dataset_root: Path
 ) -> None:
-    as_staff.post("/api/v1/models/", {"name": "m", "image": "hyperbench/testkit:latest"}, format="json")
+    model = {"name": "m", "image": "hyperbench/testkit:latest", "digest": PINNED}
+    as_staff.post("/api/v1/models/", model, format="json")
     ds = as_alice.post("/api/v1/datasets/", {"uri": _dataset(dataset_root).as_uri()}, format="json").json()
     exp = as_alice.post(
         "/api/v1/experiments/", {"name": "x", "model": "m", "dataset": ds["id"]}, format="json"

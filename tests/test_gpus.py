@@ -1,17 +1,28 @@
-"""worker.gpus: NVML telemetry where NVML is absent, and GPU allocation against fake readers."""
+"""worker.gpus: NVML telemetry and GPU allocation.
+
+The real code path runs here with NVML absent (no driver on these machines); the
+GPU scenarios run against a fake NVML at one seam, the ``pynvml`` module object;
+the allocator's bookkeeping is also unit-tested against plain GpuInfo readers.
+"""
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
 import queue
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import pynvml
 import pytest
 
 from worker import gpus
 from worker.gpus import GpuAllocator, GpuInfo, GpuLease, list_gpus
+
+MIB = 1024 * 1024
 
 
 def gpu(index: int, used_mb: int | None = 10, total_mb: int | None = 16_000, **extra: Any) -> GpuInfo:
@@ -68,74 +79,286 @@ def test_the_default_allocator_gives_no_gpu_where_nvml_is_absent(tmp_path: Path)
         assert lease.indices == []
 
 
-class _FakeNVMLError(Exception):
-    pass
+# --------------------------------------------------------------------------- fake NVML at the one seam
+#
+# gpustat-style scenarios (gpustat's test_gpustat.py mocks pynvml's functions the
+# same way): the real ``pynvml`` module object, the only thing worker/gpus.py talks
+# to, gets fake device functions; its error classes stay the real ones, so
+# ``NVMLError_NotSupported`` and friends behave (and print) as on a GPU host.
+# Everything above the seam, NVML initialisation included, is the production code.
 
 
-class _FakeNvml:
-    """Just enough of pynvml: GPU 0 reports everything, GPU 1 supports no metric."""
+@dataclass
+class FakeDevice:
+    """One GPU as the fake driver shows it. An exception instance as a value: that call raises it."""
 
-    NVMLError = _FakeNVMLError
-    NVML_TEMPERATURE_GPU = 0
+    uuid: object = "GPU-00000000-1111-2222-3333-444444444444"
+    name: object = "NVIDIA A100-SXM4-40GB"
+    memory_total_mb: int = 40_960
+    memory_used_mb: int = 512
+    memory_error: BaseException | None = None
+    utilization: object = 37
+    temperature: object = 41
+    open_error: BaseException | None = None  # nvmlDeviceGetHandleByIndex raises this
 
-    class _Memory:
-        total = 16 * 1024**3
-        used = 512 * 1024**2
 
-    class _Utilization:
-        gpu = 37
+class FakeNvmlDriver:
+    """The device functions of pynvml over a list of FakeDevice; counts every call for the tests."""
 
-    def nvmlDeviceGetCount(self) -> int:  # noqa: N802 - pynvml's names
-        return 2
+    def __init__(self, devices: list[FakeDevice], init_error: BaseException | None = None) -> None:
+        self.devices = devices
+        self.init_error = init_error
+        self.calls: dict[str, int] = {}
 
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:  # noqa: N802
-        return index
+    def _count(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
 
-    def _only_first(self, handle: int, value: object) -> Any:
-        if handle != 0:
-            raise _FakeNVMLError("Not Supported")
+    def _device(self, handle: Any) -> FakeDevice:
+        assert isinstance(handle, FakeDevice), "worker.gpus passed something that is not a handle"
+        return handle
+
+    @staticmethod
+    def _value(value: object) -> Any:
+        if isinstance(value, BaseException):
+            raise value
         return value
 
-    def nvmlDeviceGetMemoryInfo(self, handle: int) -> Any:  # noqa: N802
-        return self._only_first(handle, self._Memory())
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        def init() -> None:
+            self._count("nvmlInit")
+            if self.init_error is not None:
+                raise self.init_error
 
-    def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:  # noqa: N802
-        return self._only_first(handle, self._Utilization())
+        def count() -> int:
+            self._count("nvmlDeviceGetCount")
+            return len(self.devices)
 
-    def nvmlDeviceGetUUID(self, handle: int) -> Any:  # noqa: N802
-        return self._only_first(handle, b"GPU-0000")  # older pynvml returns bytes
+        def handle(index: int) -> FakeDevice:
+            self._count("nvmlDeviceGetHandleByIndex")
+            if not 0 <= index < len(self.devices):
+                raise pynvml.NVMLError_InvalidArgument()
+            dev = self.devices[index]
+            if dev.open_error is not None:
+                raise dev.open_error
+            return dev
 
-    def nvmlDeviceGetName(self, handle: int) -> Any:  # noqa: N802
-        return self._only_first(handle, "NVIDIA A100-SXM4-40GB")
+        def memory(h: Any) -> Any:
+            dev = self._device(h)
+            if dev.memory_error is not None:
+                raise dev.memory_error
+            return SimpleNamespace(
+                total=dev.memory_total_mb * MIB,
+                used=dev.memory_used_mb * MIB,
+                free=(dev.memory_total_mb - dev.memory_used_mb) * MIB,
+            )
 
-    def nvmlDeviceGetTemperature(self, handle: int, sensor: int) -> Any:  # noqa: N802
-        return self._only_first(handle, 41)
+        def utilization(h: Any) -> Any:
+            return SimpleNamespace(gpu=self._value(self._device(h).utilization), memory=0)
+
+        def temperature(h: Any, sensor: int) -> Any:
+            assert sensor == pynvml.NVML_TEMPERATURE_GPU
+            return self._value(self._device(h).temperature)
+
+        for name, fn in {
+            "nvmlInit": init,
+            "nvmlShutdown": lambda: None,
+            "nvmlDeviceGetCount": count,
+            "nvmlDeviceGetHandleByIndex": handle,
+            "nvmlDeviceGetMemoryInfo": memory,
+            "nvmlDeviceGetUtilizationRates": utilization,
+            "nvmlDeviceGetTemperature": temperature,
+            "nvmlDeviceGetUUID": lambda h: self._value(self._device(h).uuid),
+            "nvmlDeviceGetName": lambda h: self._value(self._device(h).name),
+        }.items():
+            monkeypatch.setattr(pynvml, name, fn)
 
 
-def test_list_gpus_maps_nvml_metrics_and_leaves_unsupported_ones_none(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(gpus, "_nvml", lambda: _FakeNvml())
-    assert list_gpus() == [
+@pytest.fixture
+def fake_nvml(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., FakeNvmlDriver]]:
+    """Install a scenario on the pynvml module; NVML state is reset before and after."""
+
+    def install(devices: list[FakeDevice], init_error: BaseException | None = None) -> FakeNvmlDriver:
+        driver = FakeNvmlDriver(devices, init_error)
+        driver.install(monkeypatch)
+        gpus._reset_nvml_state()
+        return driver
+
+    yield install
+    gpus._reset_nvml_state()  # the next test sees the real (absent) NVML again
+
+
+def basic() -> list[FakeDevice]:
+    """gpustat's "basic" scenario, two GPUs: 0 is idle, 1 is busy with someone else's 30 GB."""
+    return [
+        FakeDevice(),
+        FakeDevice(
+            uuid=b"GPU-11111111-1111-2222-3333-444444444444",  # older pynvml returns bytes
+            name=b"NVIDIA A100-SXM4-40GB",
+            memory_used_mb=30_000,
+            utilization=99,
+            temperature=78,
+        ),
+    ]
+
+
+def test_basic_two_gpus_are_read_with_every_metric(fake_nvml: Callable[..., FakeNvmlDriver]) -> None:
+    driver = fake_nvml(basic())
+
+    found = list_gpus()
+    list_gpus()
+
+    assert found == [
         {
             "index": 0,
-            "uuid": "GPU-0000",
+            "uuid": "GPU-00000000-1111-2222-3333-444444444444",
             "name": "NVIDIA A100-SXM4-40GB",
-            "memory_total_mb": 16384,
+            "memory_total_mb": 40_960,
             "memory_used_mb": 512,
             "utilization_pct": 37,
             "temperature_c": 41,
         },
         {
             "index": 1,
-            "uuid": None,
-            "name": None,
-            "memory_total_mb": None,
-            "memory_used_mb": None,
-            "utilization_pct": None,
-            "temperature_c": None,
+            "uuid": "GPU-11111111-1111-2222-3333-444444444444",
+            "name": "NVIDIA A100-SXM4-40GB",
+            "memory_total_mb": 40_960,
+            "memory_used_mb": 30_000,
+            "utilization_pct": 99,
+            "temperature_c": 78,
         },
     ]
+    assert driver.calls["nvmlInit"] == 1  # once per process, not once per read
+
+
+def test_basic_the_allocator_takes_the_idle_gpu_and_never_the_busy_one(
+    fake_nvml: Callable[..., FakeNvmlDriver], tmp_path: Path
+) -> None:
+    fake_nvml(basic())
+    allocator = GpuAllocator(tmp_path)  # the default reader: list_gpus over the fake driver
+
+    lease = allocator.acquire(1)
+    assert lease is not None
+    assert (lease.indices, lease.uuids) == ([0], ["GPU-00000000-1111-2222-3333-444444444444"])
+    assert allocator.acquire(1) is None  # GPU 1 has 73 % of its memory in use
+    assert allocator.acquire(2) is None
+    lease.release()
+    with allocator.acquire(2, max_memory_used_fraction=0.9) as both:  # type: ignore[union-attr]
+        assert both.indices == [0, 1]
+
+
+def one_gpu_failing() -> list[FakeDevice]:
+    """GPU 1 cannot be opened (fallen off the bus); 0 and 2 work."""
+    gpu2 = FakeDevice(uuid="GPU-22222222-1111-2222-3333-444444444444")
+    return [FakeDevice(), FakeDevice(open_error=pynvml.NVMLError(pynvml.NVML_ERROR_UNKNOWN)), gpu2]
+
+
+def test_one_gpu_failing_is_left_out_and_the_others_are_reported(
+    fake_nvml: Callable[..., FakeNvmlDriver], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_nvml(one_gpu_failing())
+
+    with caplog.at_level(logging.WARNING, logger="worker.gpus"):
+        found = list_gpus()
+        again = list_gpus()
+
+    assert [g["index"] for g in found] == [0, 2]  # NVML's indices: the device ids Docker takes
+    assert again == found
+    said = [r.getMessage() for r in caplog.records if "GPU 1 is left out" in r.getMessage()]
+    assert len(said) == 1  # a heartbeat every 30 s does not repeat it
+
+
+def test_a_gpu_reported_lost_while_reading_a_metric_is_left_out(
+    fake_nvml: Callable[..., FakeNvmlDriver],
+) -> None:
+    fake_nvml([FakeDevice(memory_error=pynvml.NVMLError_GpuIsLost()), FakeDevice(uuid="GPU-b")])
+
+    assert [g["uuid"] for g in list_gpus()] == ["GPU-b"]
+
+
+def test_one_gpu_failing_the_allocator_serves_the_working_ones_and_never_the_failing_one(
+    fake_nvml: Callable[..., FakeNvmlDriver], tmp_path: Path
+) -> None:
+    fake_nvml(one_gpu_failing())
+    allocator = GpuAllocator(tmp_path)
+
+    with allocator.acquire(2) as lease:  # type: ignore[union-attr]
+        assert lease.indices == [0, 2]
+    assert allocator.acquire(3) is None  # the host has two usable GPUs, not three
+    assert not (tmp_path / "gpu-1.lock").exists()
+
+
+def test_the_telemetry_report_carries_the_working_gpus_only(
+    fake_nvml: Callable[..., FakeNvmlDriver], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker import telemetry
+    from worker.config import load
+
+    monkeypatch.setenv("HYPERBENCH_VAR_DIR", str(tmp_path))
+    monkeypatch.setattr(telemetry, "running_containers", lambda *a, **k: [])  # no Docker in this unit test
+    fake_nvml(one_gpu_failing())
+
+    report = telemetry.collect(load(), "host@test")
+
+    assert [g["index"] for g in report["gpus"]] == [0, 2]
+
+
+def metric_unsupported() -> list[FakeDevice]:
+    """Consumer or old boards: utilization and temperature are NotSupported; 1 has no memory info either."""
+    unsupported = pynvml.NVMLError_NotSupported
+    return [
+        FakeDevice(utilization=unsupported(), temperature=unsupported()),
+        FakeDevice(
+            uuid=unsupported(),
+            name=unsupported(),
+            memory_error=unsupported(),
+            utilization=unsupported(),
+            temperature=unsupported(),
+        ),
+    ]
+
+
+def test_an_unsupported_metric_is_none_and_the_rest_is_read(fake_nvml: Callable[..., FakeNvmlDriver]) -> None:
+    fake_nvml(metric_unsupported())
+
+    first, second = list_gpus()
+
+    assert (first["utilization_pct"], first["temperature_c"]) == (None, None)
+    assert (first["memory_used_mb"], first["memory_total_mb"], first["uuid"]) == (
+        512,
+        40_960,
+        "GPU-00000000-1111-2222-3333-444444444444",
+    )
+    assert second == {
+        "index": 1,
+        "uuid": None,
+        "name": None,
+        "memory_total_mb": None,
+        "memory_used_mb": None,
+        "utilization_pct": None,
+        "temperature_c": None,
+    }
+
+
+def test_metric_unsupported_the_allocator_still_allocates_and_uses_the_index_for_a_missing_uuid(
+    fake_nvml: Callable[..., FakeNvmlDriver], tmp_path: Path
+) -> None:
+    fake_nvml(metric_unsupported())
+    allocator = GpuAllocator(tmp_path)
+
+    with allocator.acquire(2) as lease:  # type: ignore[union-attr]
+        assert lease.indices == [0, 1]
+        assert lease.uuids == ["GPU-00000000-1111-2222-3333-444444444444", "1"]
+        assert allocator.acquire(1) is None  # no memory metric, but the lock still keeps it exclusive
+
+
+def test_a_driver_that_fails_to_initialise_is_a_host_with_no_gpus(
+    fake_nvml: Callable[..., FakeNvmlDriver], tmp_path: Path
+) -> None:
+    driver = fake_nvml(basic(), init_error=pynvml.NVMLError_DriverNotLoaded())
+
+    assert list_gpus() == [] and list_gpus() == []
+    assert driver.calls == {"nvmlInit": 1}  # tried once, never asked for devices
+    assert GpuAllocator(tmp_path).acquire(1) is None
 
 
 # --------------------------------------------------------------------------- allocation

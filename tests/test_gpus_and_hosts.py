@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pynvml
 import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -15,7 +16,8 @@ from apps.hosts.models import Host
 from apps.runs.models import RunEvent
 from hyperbench_web.devstack import Stack
 from tests.conftest import IMAGE_VERSION, wait_for_run
-from worker import tasks
+from tests.test_gpus import FakeDevice, FakeNvmlDriver
+from worker import gpus, tasks
 from worker.config import load
 from worker.contract import ModelRef
 from worker.gpus import GpuInfo
@@ -34,7 +36,14 @@ def _gpu(index: int, used_mb: int, total_mb: int = 81920) -> GpuInfo:
 
 
 def _model(gpus: int) -> ModelRef:
-    return {"name": "vlm", "image": "x", "digest": "", "requires_gpu": True, "gpus": gpus, "network": False}
+    return {
+        "name": "vlm",
+        "image": "x",
+        "digest": "sha256:" + "a" * 64,
+        "requires_gpu": True,
+        "gpus": gpus,
+        "network": False,
+    }
 
 
 def test_a_gpu_model_gets_a_free_gpu_and_never_one_in_use(tmp_path: Path, monkeypatch: Any) -> None:
@@ -67,6 +76,28 @@ def test_a_cpu_model_takes_no_gpu(tmp_path: Path, monkeypatch: Any) -> None:
     monkeypatch.setenv("HYPERBENCH_WORK_DIR", str(tmp_path))
     cpu: ModelRef = {**_model(0), "requires_gpu": False}
     assert tasks._take_gpus(load(), cpu, reader=lambda: [_gpu(0, 0)]) is None
+
+
+def test_through_the_nvml_seam_a_shard_gets_a_working_idle_gpu_and_then_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The host task's own allocation path, default reader and all, over a fake pynvml driver."""
+    monkeypatch.setenv("HYPERBENCH_WORK_DIR", str(tmp_path))
+    busy = FakeDevice(uuid="GPU-busy", memory_used_mb=38_000)
+    failing = FakeDevice(open_error=pynvml.NVMLError_GpuIsLost())
+    FakeNvmlDriver([busy, failing, FakeDevice(uuid="GPU-idle")]).install(monkeypatch)
+    gpus._reset_nvml_state()
+    try:
+        cfg = load()
+        lease = tasks._take_gpus(cfg, _model(1))
+        assert lease is not None and (lease.indices, lease.uuids) == ([2], ["GPU-idle"])
+        with pytest.raises(tasks._NoFreeGpu, match="needs 1 free GPU"):
+            tasks._take_gpus(cfg, _model(1))  # 0 is busy, 1 is failing, 2 is ours now
+        lease.release()
+        with pytest.raises(tasks._NoFreeGpu, match="needs 2 free GPU"):
+            tasks._take_gpus(cfg, _model(2))  # never the failing one, never oversubscribed
+    finally:
+        gpus._reset_nvml_state()
 
 
 @pytest.mark.docker

@@ -21,12 +21,20 @@ from typing import Any
 
 import docker
 import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractUser
+from django.test import Client
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
-from apps.runs.models import Run
-from tests.conftest import IMAGE_VERSION, load_script
+from apps.catalog.models import ModelImage
+from apps.catalog.services import RegistrationError, model_image_register
+from apps.runs.models import Experiment, Run
+from apps.runs.services import RunError, run_start
+from hyperbench_web.devstack import Stack
+from tests.conftest import IMAGE_VERSION, load_script, wait_for_run
+from tests.test_leaderboard import _dataset
 from worker import containers, events, tasks
 from worker.errors import HostError
 
@@ -340,6 +348,122 @@ def test_a_re_pointed_tag_is_refused_before_anything_runs(images: dict[str, str]
         containers.resolve_image(f"hyperbench/testkit:{IMAGE_VERSION}", images["testkit"])
         == (images["testkit"])
     )
+
+
+@pytest.mark.parametrize(
+    "digest",
+    [None, "", "latest", "sha256:abc", "sha256:" + "A" * 64, "sha256:" + "a" * 63, "md5:" + "a" * 64],
+)
+def test_a_model_without_a_full_image_id_is_not_registered(as_staff: APIClient, digest: str | None) -> None:
+    body = {"name": "unpinned", "image": f"hyperbench/testkit:{IMAGE_VERSION}"}
+    if digest is not None:
+        body["digest"] = digest
+
+    r = as_staff.post("/api/v1/models/", body, format="json")
+
+    assert r.status_code == 400, r.content
+    assert "digest" in r.json()
+    assert not ModelImage.objects.exists()
+
+
+def test_the_registration_service_and_the_admin_refuse_an_unpinned_model(client: Client, db: None) -> None:
+    with pytest.raises(RegistrationError, match="needs the image id it is pinned to"):
+        model_image_register(name="m", image="hyperbench/testkit:latest", digest="hyperbench/testkit:latest")
+    client.force_login(get_user_model().objects.create_superuser("admin", password="pw-admin"))
+    form = {
+        "name": "m",
+        "image": "hyperbench/testkit:x",
+        "gpus": 0,
+        "default_params": "{}",
+        "endpoint_max_concurrency": 4,
+        "endpoint_timeout_s": 60,
+    }
+    refused = client.post("/admin/catalog/modelimage/add/", {**form, "digest": ""})
+    assert refused.status_code == 200 and "Give the image id" in refused.content.decode()
+    assert not ModelImage.objects.exists()
+    added = client.post("/admin/catalog/modelimage/add/", {**form, "digest": "sha256:" + "c" * 64})
+    assert added.status_code == 302, added.content.decode()[:2000]
+    pinned = model_image_register(name="m", image="hyperbench/testkit:latest", digest="sha256:" + "d" * 64)
+    assert pinned.digest == "sha256:" + "d" * 64
+
+
+def _experiment_of(alice: AbstractUser, model: ModelImage) -> Experiment:
+    return Experiment.objects.create(name="x", model=model, dataset=_dataset("pinned"), owner=alice)
+
+
+def test_a_model_row_without_a_digest_never_starts_a_run(alice: AbstractUser) -> None:
+    # A row from before digests were required (or written around the service).
+    legacy = ModelImage.objects.create(name="legacy", image="hyperbench/testkit:latest", digest="")
+
+    with pytest.raises(RunError, match="legacy has no pinned image id"):
+        run_start(experiment=_experiment_of(alice, legacy), user=alice)
+
+    assert not Run.objects.exists()
+
+
+@pytest.mark.parametrize("variable", ["HYPERBENCH_EVAL_IMAGE_DIGEST", "HYPERBENCH_REPORT_IMAGE_DIGEST"])
+def test_a_run_never_starts_while_a_system_image_is_unpinned(
+    alice: AbstractUser, settings: Any, variable: str
+) -> None:
+    setattr(settings, variable, "")
+    model = ModelImage.objects.create(name="ok", image="hyperbench/testkit:x", digest="sha256:" + "c" * 64)
+
+    with pytest.raises(RunError, match=variable):
+        run_start(experiment=_experiment_of(alice, model), user=alice)
+
+    assert not Run.objects.exists()
+
+
+def test_a_malformed_system_image_pin_stops_the_web_side_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from hyperbench_web import settings as web_settings
+
+    monkeypatch.setenv("HB_TEST_PIN", "hyperbench/eval:latest")
+    with pytest.raises(ImproperlyConfigured, match="HB_TEST_PIN must be a full image id"):
+        web_settings._image_id("HB_TEST_PIN")
+    monkeypatch.setenv("HB_TEST_PIN", "sha256:" + "d" * 64)
+    assert web_settings._image_id("HB_TEST_PIN") == "sha256:" + "d" * 64
+
+
+def test_the_host_refuses_an_image_that_arrives_without_a_pin() -> None:
+    # Before any Docker call: an unpinned spec never gets as far as inspecting the tag.
+    for unpinned in ("", "latest", "sha256:" + "a" * 12):
+        with pytest.raises(HostError, match="without a pinned image id"):
+            containers.resolve_image(f"hyperbench/testkit:{IMAGE_VERSION}", unpinned)
+
+
+@docker_test
+@pytest.mark.parametrize(("stage", "pinned_to"), [("evaluate", "report"), ("report", "eval")])
+def test_a_run_fails_when_a_system_image_differs_from_its_pin(
+    platform: Stack,
+    settings: Any,
+    as_staff: APIClient,
+    as_alice: APIClient,
+    sample_dataset: Path,
+    images: dict[str, str],
+    stage: str,
+    pinned_to: str,
+) -> None:
+    # The eval (or report) tag on the host no longer names the pinned image: as if re-pointed.
+    system = "eval" if stage == "evaluate" else "report"
+    setattr(settings, f"HYPERBENCH_{system.upper()}_IMAGE_DIGEST", images[pinned_to])
+    model = {"name": "echo", "image": f"hyperbench/testkit:{IMAGE_VERSION}", "digest": images["testkit"]}
+    assert as_staff.post("/api/v1/models/", model, format="json").status_code == 201
+    ds = as_alice.post("/api/v1/datasets/", {"uri": sample_dataset.as_uri() + "/"}, format="json").json()
+    exp = as_alice.post(
+        "/api/v1/experiments/", {"name": "pins", "model": "echo", "dataset": ds["id"]}, format="json"
+    ).json()
+    run = as_alice.post("/api/v1/runs/", {"experiment": exp["id"]}, format="json")
+    assert run.status_code == 201, run.content
+    assert run.json()["id"] and Run.objects.get().spec[f"{system}_image"]["digest"] == images[pinned_to]
+
+    data = wait_for_run(as_alice, run.json()["id"], timeout_s=300)
+
+    assert data["state"] == "failed"
+    assert data["error_reason"].startswith(f"{stage} failed on"), data["error_reason"]
+    assert f"hyperbench/{system}:{IMAGE_VERSION}" in data["error_reason"]
+    assert "the tag was re-pointed" in data["error_reason"]
 
 
 # --- no API payload widens the container options ----------------------------------------

@@ -532,3 +532,86 @@ def test_vllm_entry_batches_isolates_failures_and_records_usage(
     monkeypatch.setenv("HB_MODEL_DIR", str(tmp_path / "no-model"))
     with pytest.raises(v.ConfigError):
         v.make_engine(opts)  # vLLM missing here, or no weights mounted: a configuration error
+
+
+# --------------------------------------------------------------------------- ocr-rapidocr: CPU or CUDA
+
+
+@pytest.fixture
+def ocr_providers(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """images/ocr-rapidocr/ocr_providers.py: stdlib only, so no onnxruntime or GPU is needed here."""
+    monkeypatch.syspath_prepend(str(ROOT / "images" / "ocr-rapidocr"))
+    import ocr_providers
+
+    return ocr_providers
+
+
+CPU_WHEEL = ["AzureExecutionProvider", "CPUExecutionProvider"]  # onnxruntime 1.32 here
+GPU_WHEEL = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize(
+    ("available", "device", "has_gpu", "chosen"),
+    [
+        (CPU_WHEEL, "auto", False, "CPUExecutionProvider"),
+        (CPU_WHEEL, "auto", True, "CPUExecutionProvider"),  # a GPU, but the CPU wheel
+        (GPU_WHEEL, "auto", True, "CUDAExecutionProvider"),
+        (GPU_WHEEL, "auto", False, "CPUExecutionProvider"),  # the GPU wheel on a CPU model's container
+        (GPU_WHEEL, "cpu", True, "CPUExecutionProvider"),
+        (GPU_WHEEL, "CUDA", True, "CUDAExecutionProvider"),
+        ([], "auto", False, "CPUExecutionProvider"),
+    ],
+)
+def test_rapidocr_runs_on_cuda_only_where_onnxruntime_offers_it_and_a_gpu_is_granted(
+    ocr_providers: Any, available: list[str], device: str, has_gpu: bool, chosen: str
+) -> None:
+    assert ocr_providers.select_provider(available, device=device, has_gpu=has_gpu) == chosen
+
+
+def test_rapidocr_refuses_cuda_it_cannot_have_rather_than_benchmark_the_cpu(ocr_providers: Any) -> None:
+    with pytest.raises(ocr_providers.DeviceError, match="onnxruntime offers only"):
+        ocr_providers.select_provider(CPU_WHEEL, device="cuda", has_gpu=True)
+    with pytest.raises(ocr_providers.DeviceError, match="no GPU is visible"):
+        ocr_providers.select_provider(GPU_WHEEL, device="cuda", has_gpu=False)
+    with pytest.raises(ocr_providers.DeviceError, match="device must be one of"):
+        ocr_providers.select_provider(GPU_WHEEL, device="tpu")
+
+
+def test_rapidocr_engine_params_switch_its_onnxruntime_sessions(ocr_providers: Any, tmp_path: Path) -> None:
+    assert ocr_providers.engine_params("CUDAExecutionProvider") == {
+        "EngineConfig.onnxruntime.use_cuda": True,
+        "EngineConfig.onnxruntime.cuda_ep_cfg.device_id": 0,
+    }
+    assert ocr_providers.engine_params("CPUExecutionProvider") == {"EngineConfig.onnxruntime.use_cuda": False}
+    (tmp_path / "nvidiactl").touch()
+    assert not ocr_providers.gpu_visible(tmp_path)  # the control device alone is no GPU
+    (tmp_path / "nvidia0").touch()
+    assert ocr_providers.gpu_visible(tmp_path)
+
+
+@pytest.mark.docker
+def test_the_rapidocr_image_logs_the_provider_it_runs_on(workdir: Path, ocr_data: Path) -> None:
+    """The real image, no GPU here: CPU is chosen, and the log says so and where the sessions run."""
+    samples = [{"id": "t1", "image": "images/t1.png"}]
+    job = Job(workdir / "rapidocr-job", samples, {"params": {}, "task": "ocr"})
+
+    proc = docker_run(f"hyperbench/ocr-rapidocr:{VERSION}", job.mounts(ocr_data))
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "selected CPUExecutionProvider" in proc.stderr, proc.stderr[-3000:]
+    assert "sessions run on {'det': 'CPUExecutionProvider'" in proc.stderr, proc.stderr[-3000:]
+    pred = job.predictions()["t1"]
+    assert pred["error"] is None and "quick brown fox" in pred["prediction"], pred
+
+
+@pytest.mark.docker
+def test_the_rapidocr_image_fails_the_shard_when_cuda_is_demanded_without_a_gpu(
+    workdir: Path, ocr_data: Path
+) -> None:
+    samples = [{"id": "t1", "image": "images/t1.png"}]
+    job = Job(workdir / "rapidocr-cuda-job", samples, {"params": {"device": "cuda"}, "task": "ocr"})
+
+    proc = docker_run(f"hyperbench/ocr-rapidocr:{VERSION}", job.mounts(ocr_data))
+
+    assert proc.returncode != 0  # a configuration error, not a CPU run under a GPU label
+    assert "device 'cuda' was asked for" in proc.stderr, proc.stderr[-3000:]

@@ -32,7 +32,11 @@ pytestmark = pytest.mark.docker
 CER_BOUND = 0.06
 
 
-def _register_model(client: APIClient, name: str, image: str, digest: str = "") -> None:
+# A well-formed image id that no image on the host has (registration requires a pin).
+ABSENT_IMAGE_ID = "sha256:" + "0" * 64
+
+
+def _register_model(client: APIClient, name: str, image: str, digest: str) -> None:
     r = client.post("/api/v1/models/", {"name": name, "image": image, "digest": digest}, format="json")
     assert r.status_code == 201, r.content
 
@@ -164,7 +168,7 @@ def test_a_model_image_missing_on_the_host_fails_the_run_with_a_reason(
     as_alice: APIClient,
     sample_dataset: Path,
 ) -> None:
-    _register_model(as_staff, "ghost", "hyperbench/does-not-exist:1.0")
+    _register_model(as_staff, "ghost", "hyperbench/does-not-exist:1.0", ABSENT_IMAGE_ID)
     dataset = _register_dataset(as_alice, sample_dataset)
 
     data = wait_for_run(as_alice, _start(as_alice, _experiment(as_alice, "ghost", dataset["id"])))

@@ -21,6 +21,7 @@ import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest, Mount
 
+from worker import contract
 from worker.errors import HostError
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class ContainerSpec:
     """What to run. Built by the worker's tasks from the run spec and host config."""
 
     image: str
-    digest: str  # expected image id; "" = record whatever the tag points to
+    digest: str  # expected image id (sha256:...); required, a container never runs unpinned
     mounts: list[BindMount]
     labels: dict[str, str]
     timeout_s: int
@@ -85,12 +86,14 @@ def client(timeout_s: int = 60) -> docker.DockerClient:
     return _client
 
 
-def resolve_image(spec_image: str, expected_digest: str) -> str:
-    """Return the local image id for a registered image, or refuse.
+def local_image_id(spec_image: str) -> str:
+    """Return the id of the image a reference names on this host, without checking any pin.
+
+    For operators (``python -m worker.validate_image`` prints the id to register);
+    a run goes through :func:`resolve_image`.
 
     Raises:
-        HostError: the image is not on this host, or its id differs from the
-            registered digest (the tag was re-pointed).
+        HostError: the image is not on this host, or Docker cannot inspect it.
     """
     try:
         img = client().images.get(spec_image)
@@ -101,8 +104,24 @@ def resolve_image(spec_image: str, expected_digest: str) -> str:
         ) from e
     except (APIError, requests.RequestException) as e:
         raise HostError(f"Docker could not inspect image {spec_image}: {e}", permanent=False) from e
-    image_id = str(img.id)
-    if expected_digest and image_id != expected_digest:
+    return str(img.id)
+
+
+def resolve_image(spec_image: str, expected_digest: str) -> str:
+    """Return the local image id for a pinned image (a registered model, or a system image), or refuse.
+
+    Raises:
+        HostError: the spec carries no valid pin (never run what a tag happens to
+            point to), the image is not on this host, or its id differs from the
+            pinned one (the tag was re-pointed).
+    """
+    if not contract.is_image_id(expected_digest):
+        raise HostError(
+            f"Image {spec_image} arrived without a pinned image id ({expected_digest!r}); only pinned "
+            "images run. Register the model with its digest, or set the system image's *_DIGEST setting."
+        )
+    image_id = local_image_id(spec_image)
+    if image_id != expected_digest:
         raise HostError(
             f"Image {spec_image} on this host is {image_id[:19]}, not the registered {expected_digest[:19]}: "
             "the tag was re-pointed. Register the new digest (staff) or restore the registered image."

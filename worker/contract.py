@@ -11,10 +11,22 @@ Django and no DB, and a message must stay readable by an older or newer peer.
 
 from __future__ import annotations
 
+import re
 from typing import Literal, NotRequired, TypedDict
 
 SPEC_VERSION = 1
 CONTAINER_CONTRACT_VERSION = 1
+
+# An image is pinned by its local image id (what `docker image inspect --format
+# '{{.Id}}'` prints): no registry is needed to know it, and it names the exact
+# content a tag pointed to when staff registered it.
+IMAGE_ID_PATTERN = r"^sha256:[0-9a-f]{64}$"
+_IMAGE_ID = re.compile(IMAGE_ID_PATTERN)
+
+
+def is_image_id(value: object) -> bool:
+    """Whether ``value`` is a full local image id, ``sha256:`` and 64 lowercase hex digits."""
+    return isinstance(value, str) and _IMAGE_ID.fullmatch(value) is not None
 
 
 class Queue:
@@ -68,7 +80,7 @@ class Endpoint(TypedDict):
 class ModelRef(TypedDict):
     name: str
     image: str  # registered image reference, e.g. hyperbench/ocr-rapidocr:latest
-    digest: str  # the image id (sha256:...) recorded at registration; checked before each run
+    digest: str  # the image id (sha256:...) recorded at registration; checked before each run, never ""
     requires_gpu: bool
     gpus: int
     network: bool  # only API models get egress; everything else runs with network "none"
@@ -76,8 +88,10 @@ class ModelRef(TypedDict):
 
 
 class SystemImageRef(TypedDict):
+    """The eval or report image: pinned by the web side's settings, checked by the host like a model."""
+
     image: str
-    digest: str
+    digest: str  # image id (sha256:...), never ""
 
 
 class Limits(TypedDict):

@@ -3,7 +3,12 @@
 ``list_gpus()`` reads the host's GPUs through NVML (module ``pynvml`` from the
 ``nvidia-ml-py`` package). NVML is initialised lazily, once per process (again
 after a fork), under a lock. Where NVML is absent (no library, no driver, a CPU
-host) it returns ``[]`` and says so once in the log: CPU models still run.
+host) it returns ``[]`` and says so once in the log: CPU models still run. A GPU
+NVML cannot open (or reports lost) is left out, with a warning, and the others are
+still served; a metric the device does not support is None (as gpustat does).
+
+The ``pynvml`` module object is the one seam to NVML: every call goes through it,
+so tests replace its functions (tests/test_gpus.py scenarios) and nothing else.
 
 ``GpuAllocator`` hands out GPUs to shards. Several worker processes on one host
 share a directory of lock files, one per GPU index, so two processes never take
@@ -46,6 +51,8 @@ _nvml_lock = threading.Lock()
 _nvml_ready: bool | None = None
 _nvml_pid: int | None = None
 _pynvml: Any = None
+# GPUs already reported as failing (index, reason): a heartbeat every 30 s must not flood the log.
+_failing_said: set[tuple[int, str]] = set()
 
 
 def _nvml() -> Any:
@@ -83,6 +90,7 @@ def _reset_nvml_state() -> None:
         _nvml_ready = None
         _nvml_pid = None
         _pynvml = None
+        _failing_said.clear()
 
 
 def _describe(exc: BaseException) -> str:
@@ -96,13 +104,60 @@ def _text(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+class _GpuFailing(Exception):
+    """NVML says the device itself is gone: the GPU is left out, not shown with empty metrics."""
+
+
+def _say_failing(index: int, reason: str) -> None:
+    key = (index, reason)
+    if key in _failing_said:
+        log.debug("GPU %d still failing: %s", index, reason)
+        return
+    _failing_said.add(key)
+    log.warning("GPU %d is left out (NVML: %s); the host's other GPUs are still served", index, reason)
+
+
+def _read_gpu(nvml: Any, index: int) -> GpuInfo:
+    """One GPU's entry; raises _GpuFailing when NVML cannot open it or reports it lost."""
+    try:
+        handle = nvml.nvmlDeviceGetHandleByIndex(index)
+    except nvml.NVMLError as exc:
+        raise _GpuFailing(_describe(exc)) from exc
+    lost = getattr(nvml, "NVMLError_GpuIsLost", None)
+
+    def metric(read: Callable[[], _T]) -> _T | None:
+        try:
+            return read()
+        except nvml.NVMLError as exc:
+            if lost is not None and isinstance(exc, lost):
+                raise _GpuFailing(_describe(exc)) from exc
+            return None  # NotSupported (and any other per-metric error): that metric is unknown
+
+    memory = metric(lambda: nvml.nvmlDeviceGetMemoryInfo(handle))
+    utilization = metric(lambda: nvml.nvmlDeviceGetUtilizationRates(handle))
+    uuid = metric(lambda: nvml.nvmlDeviceGetUUID(handle))
+    name = metric(lambda: nvml.nvmlDeviceGetName(handle))
+    temperature = metric(lambda: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
+    return GpuInfo(
+        index=index,
+        uuid=_text(uuid) if uuid is not None else None,
+        name=_text(name) if name is not None else None,
+        memory_total_mb=int(memory.total) // _MIB if memory is not None else None,
+        memory_used_mb=int(memory.used) // _MIB if memory is not None else None,
+        utilization_pct=int(utilization.gpu) if utilization is not None else None,
+        temperature_c=int(temperature) if temperature is not None else None,
+    )
+
+
 def list_gpus() -> list[GpuInfo]:
-    """Read the host's GPUs through NVML.
+    """Read the host's usable GPUs through NVML.
 
     Returns:
-        One entry per GPU, in NVML index order; ``[]`` when NVML is absent or
-        cannot count the devices. A metric the device does not support (or any
-        NVML error while reading it) is None; it never raises for one metric.
+        One entry per working GPU, in NVML index order (indices stay NVML's, so a
+        failing GPU 1 leaves 0 and 2); ``[]`` when NVML is absent or cannot count
+        the devices. A GPU NVML cannot open or reports lost is left out (logged
+        once). A metric the device does not support (or any other NVML error
+        while reading it) is None; it never raises for one GPU or one metric.
     """
     nvml = _nvml()
     if nvml is None:
@@ -115,35 +170,9 @@ def list_gpus() -> list[GpuInfo]:
     gpus: list[GpuInfo] = []
     for index in range(count):
         try:
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-        except nvml.NVMLError as exc:
-            log.warning("NVML cannot open GPU %d: %s", index, _describe(exc))
-            continue
-
-        def metric(read: Callable[[], _T]) -> _T | None:
-            try:
-                return read()
-            except nvml.NVMLError:
-                return None
-
-        memory = metric(lambda: nvml.nvmlDeviceGetMemoryInfo(handle))  # noqa: B023 - called at once
-        utilization = metric(lambda: nvml.nvmlDeviceGetUtilizationRates(handle))  # noqa: B023
-        uuid = metric(lambda: nvml.nvmlDeviceGetUUID(handle))  # noqa: B023
-        name = metric(lambda: nvml.nvmlDeviceGetName(handle))  # noqa: B023
-        temperature = metric(
-            lambda: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)  # noqa: B023
-        )
-        gpus.append(
-            GpuInfo(
-                index=index,
-                uuid=_text(uuid) if uuid is not None else None,
-                name=_text(name) if name is not None else None,
-                memory_total_mb=int(memory.total) // _MIB if memory is not None else None,
-                memory_used_mb=int(memory.used) // _MIB if memory is not None else None,
-                utilization_pct=int(utilization.gpu) if utilization is not None else None,
-                temperature_c=int(temperature) if temperature is not None else None,
-            )
-        )
+            gpus.append(_read_gpu(nvml, index))
+        except _GpuFailing as exc:
+            _say_failing(index, str(exc))
     return gpus
 
 

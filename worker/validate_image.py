@@ -257,8 +257,8 @@ def validate(
         HostError: the Docker engine is unreachable or the image is not present.
     """
     checks: list[Check] = []
-    image_id = containers.resolve_image(image, "")
-    checks.append(Check("image present on this host", True, image_id[:19]))
+    image_id = containers.local_image_id(image)  # what staff register as the model's digest
+    checks.append(Check("image present on this host", True, f"register it with digest {image_id}"))
     gpu_ids, gpu_check = _gpu_ids(gpus)
     if gpu_check is not None:
         checks.append(gpu_check)

@@ -13,6 +13,7 @@ from rest_framework import serializers
 from apps.catalog.models import Dataset, ModelImage
 from apps.hosts.models import Host
 from apps.runs.models import Comparison, Experiment, Run, RunEvent, RunShard
+from worker import contract
 
 
 class StrictMixin(serializers.Serializer):
@@ -54,6 +55,13 @@ class DatasetRegisterSerializer(StrictMixin):
 class ModelImageSerializer(StrictMixin, serializers.ModelSerializer):
     # Declared without the unique validator: registering an existing name updates it.
     name = serializers.SlugField(max_length=100)
+    # Required here although the column may be blank: a model is pinned by construction.
+    digest = serializers.RegexField(
+        contract.IMAGE_ID_PATTERN,
+        max_length=80,
+        help_text="The image id the hosts must find: sha256:<64 hex> (docker image inspect -f '{{.Id}}')",
+        error_messages={"invalid": "Give the image id: sha256: and 64 lowercase hex digits."},
+    )
 
     class Meta:
         model = ModelImage

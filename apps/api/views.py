@@ -56,7 +56,10 @@ class ModelImageViewSet(viewsets.ReadOnlyModelViewSet, mixins.CreateModelMixin):
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         ser = s.ModelImageSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
-        model = model_image_register(**ser.validated_data)
+        try:
+            model = model_image_register(**ser.validated_data)
+        except RegistrationError as e:
+            return Response({"detail": str(e), "problems": e.problems}, status=status.HTTP_400_BAD_REQUEST)
         return Response(s.ModelImageSerializer(model).data, status=status.HTTP_201_CREATED)
 
 

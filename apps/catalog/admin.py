@@ -11,6 +11,7 @@ from django.urls import reverse
 
 from apps.catalog.models import Dataset, ModelImage
 from apps.catalog.services import RegistrationError, dataset_register
+from worker.contract import is_image_id
 
 
 class DatasetRegisterForm(forms.Form):
@@ -74,8 +75,26 @@ class DatasetAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/catalog/dataset/register.html", context)
 
 
+class ModelImageAdminForm(forms.ModelForm):
+    """The admin's way in: the same pin rule as model_image_register (the column itself may be blank)."""
+
+    class Meta:
+        model = ModelImage
+        fields = ["digest"]  # the admin's form factory adds the other fields of its fieldsets
+
+    def clean_digest(self) -> str:
+        digest = str(self.cleaned_data.get("digest") or "").strip()
+        if not is_image_id(digest):
+            raise forms.ValidationError(
+                "Give the image id the hosts must find: sha256: and 64 hex digits "
+                "(docker image inspect --format '{{.Id}}' IMAGE)."
+            )
+        return digest
+
+
 @admin.register(ModelImage)
 class ModelImageAdmin(admin.ModelAdmin):
+    form = ModelImageAdminForm
     list_display = ["name", "image", "digest", "requires_gpu", "gpus", "network"]
     list_filter = ["requires_gpu", "network"]
     search_fields = ["name", "image"]

@@ -22,6 +22,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 
 from apps.catalog.models import Dataset, ModelImage
+from worker.contract import is_image_id
 from worker.manifest import DATASET_JSON, ManifestError, ManifestSummary, read_dataset_json, validate_local
 from worker.s3manifest import split_s3_uri, validate_s3
 
@@ -218,7 +219,7 @@ def model_image_register(
     *,
     name: str,
     image: str,
-    digest: str = "",
+    digest: str,
     requires_gpu: bool = False,
     gpus: int = 0,
     network: bool = False,
@@ -230,7 +231,22 @@ def model_image_register(
     endpoint_max_concurrency: int = 4,
     endpoint_timeout_s: int = 60,
 ) -> ModelImage:
-    """Register (or update) a model image. Staff only: callers check permissions."""
+    """Register (or update) a model image, pinned to its image id. Staff only: callers check permissions.
+
+    ``digest`` is required: the web side cannot ask a Docker engine, so staff
+    give the image id the host workers must find (``docker image inspect
+    --format '{{.Id}}' IMAGE``, or ``python -m worker.validate_image IMAGE`` on a
+    host). A model without one could run whatever its tag points to later.
+
+    Raises:
+        RegistrationError: the digest is missing or not a full ``sha256:`` image id.
+    """
+    digest = digest.strip()
+    if not is_image_id(digest):
+        raise RegistrationError(
+            f"Model {name!r} needs the image id it is pinned to: digest must be sha256: and 64 hex "
+            f"digits (docker image inspect --format '{{{{.Id}}}}' {image}), not {digest!r}."
+        )
     if requires_gpu and gpus < 1:
         gpus = 1
     model, _ = ModelImage.objects.update_or_create(

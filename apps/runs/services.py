@@ -43,10 +43,37 @@ def _send(task: str, payload: dict[str, Any], queue: str) -> None:
 
 
 def _image_ref(image: str) -> contract.SystemImageRef:
-    return {"image": image, "digest": ""}
+    """A system image (eval or report) with the image id its settings pin it to.
+
+    The pin comes from the web side's settings, next to the reference
+    (HYPERBENCH_EVAL_IMAGE + HYPERBENCH_EVAL_IMAGE_DIGEST, the same for the
+    report); the host refuses to run it when its local image differs.
+
+    Raises:
+        RunError: the image has no valid pin; nothing is dispatched.
+    """
+    pins = {
+        settings.HYPERBENCH_EVAL_IMAGE: "HYPERBENCH_EVAL_IMAGE_DIGEST",
+        settings.HYPERBENCH_REPORT_IMAGE: "HYPERBENCH_REPORT_IMAGE_DIGEST",
+    }
+    variable = pins.get(image, "")
+    digest = str(getattr(settings, variable, "")) if variable else ""
+    if not contract.is_image_id(digest):
+        where = variable or "the digest setting of this image"
+        raise RunError(
+            f"The system image {image} is not pinned: an operator must set {where} to its image id "
+            f"(docker image inspect --format '{{{{.Id}}}}' {image}) on the web side and the control worker."
+        )
+    return {"image": image, "digest": digest}
 
 
 def _model_ref(model: ModelImage) -> contract.ModelRef:
+    if not contract.is_image_id(model.digest):
+        # Rows registered before digests were required: never run them unpinned.
+        raise RunError(
+            f"Model {model.name} has no pinned image id; staff must register it again with its digest "
+            f"(docker image inspect --format '{{{{.Id}}}}' {model.image})."
+        )
     ref: contract.ModelRef = {
         "name": model.name,
         "image": model.image,

@@ -1,4 +1,4 @@
-"""HyperBench model image: RapidOCR (PP-OCR ONNX, CPU), container contract v1.
+"""HyperBench model image: RapidOCR (PP-OCR ONNX; CPU, or CUDA with onnxruntime-gpu), container contract v1.
 
 prediction = the recognised lines in reading order: rows top to bottom, boxes of
 one row left to right joined by a space, rows joined by "\\n".
@@ -10,6 +10,10 @@ Params (/job/params.json, all optional):
   det_limit_side_len (int, default 736), det_limit_type ("min" | "max", default "min"):
       detector input size; "max" with 960 is faster on large pages, "min" (RapidOCR's
       default) upscales small images so their shorter side is at least the limit
+  device ("auto" | "cpu" | "cuda", default "auto"): the onnxruntime execution provider;
+      "auto" takes CUDA when onnxruntime offers CUDAExecutionProvider and the worker
+      granted a GPU, else CPU (ocr_providers.py). The provider asked for and the one
+      the sessions run on are logged to stderr (the run keeps the container log).
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime
 import rapidocr
 from hyperbench_sdk import run_model
+from ocr_providers import engine_params, gpu_visible, select_provider
 from rapidocr import RapidOCR
 
 MODELS = Path(rapidocr.__file__).resolve().parent / "models"
@@ -56,7 +62,25 @@ def make_engine(params: dict[str, Any]) -> RapidOCR:
     if threads > 0:
         cfg["EngineConfig.onnxruntime.intra_op_num_threads"] = threads
         cfg["EngineConfig.onnxruntime.inter_op_num_threads"] = 1
+    available = list(onnxruntime.get_available_providers())
+    provider = select_provider(available, device=str(params.get("device", "auto")), has_gpu=gpu_visible())
+    cfg.update(engine_params(provider))
+    _log(f"onnxruntime {onnxruntime.__version__} offers {available}; selected {provider}")
     return RapidOCR(params=cfg)
+
+
+def _log(msg: str) -> None:
+    print(f"ocr-rapidocr: {msg}", file=sys.stderr, flush=True)
+
+
+def session_providers(eng: RapidOCR) -> dict[str, str]:
+    """The provider each loaded ONNX session really runs on (onnxruntime may fall back to CPU)."""
+    out: dict[str, str] = {}
+    for part in ("text_det", "text_cls", "text_rec"):
+        ort_session = getattr(getattr(getattr(eng, part, None), "session", None), "session", None)
+        if ort_session is not None and hasattr(ort_session, "get_providers"):
+            out[part.removeprefix("text_")] = str(ort_session.get_providers()[0])
+    return out
 
 
 def engine(params: dict[str, Any]) -> RapidOCR:
@@ -73,6 +97,8 @@ def warmup(params: dict[str, Any]) -> None:
     img = np.full((96, 320, 3), 255, dtype=np.uint8)
     img[30:66, 20:300:12] = 0  # a few dark strokes so det and rec both run
     eng(img)
+    # After the first call every session exists: record where the engine really runs.
+    _log(f"sessions run on {session_providers(eng) or 'unknown providers'}")
 
 
 def reading_order(boxes: list[Box], texts: list[str]) -> str:
