@@ -30,11 +30,14 @@ lint: setup
 	.venv/bin/lint-imports
 
 PG_URL := postgres://hyperbench:hyperbench@127.0.0.1:5432/hyperbench
+PG_TESTS := $(addprefix tests/,test_api.py test_run_e2e.py test_leaderboard.py test_comparisons.py \
+	test_s3_registration.py test_sync_progress_and_cache.py test_reconcile.py test_admin_pages.py \
+	test_artifacts_e2e.py test_gpus_and_hosts.py)
 
 test: images lint
 	.venv/bin/pytest
-	@echo "--- the DB, API and run tests again on PostgreSQL ($(PG_URL))"
-	DATABASE_URL=$(PG_URL) .venv/bin/pytest -m "not ocr" tests/test_api.py tests/test_run_e2e.py
+	@echo "--- the tests that touch the DB again on PostgreSQL ($(PG_URL))"
+	DATABASE_URL=$(PG_URL) .venv/bin/pytest -m "not ocr" $(PG_TESTS)
 
 # Needs the built images (make images); see bench/README.md for how to read the figures.
 bench-containers: setup
