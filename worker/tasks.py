@@ -110,8 +110,19 @@ def _limits(spec: contract.RunSpec) -> dict[str, Any]:
     }
 
 
-def _guard(stage: str, run_id: int, shard: int | None, body: Callable[[], None], task: Task) -> None:
-    """Run a stage; turn every failure into a ``failed`` event (or a bounded retry)."""
+def _guard(
+    stage: str,
+    run_id: int,
+    shard: int | None,
+    body: Callable[[], None],
+    task: Task,
+    attempt: int | None = None,
+) -> None:
+    """Run a stage; turn every failure into a ``failed`` event (or a bounded retry).
+
+    The event names the shard's attempt, so the control side ignores the failure of
+    an attempt it has already superseded (a host that was cut off and came back).
+    """
     try:
         body()
     except _AlreadyRunning:
@@ -122,7 +133,7 @@ def _guard(stage: str, run_id: int, shard: int | None, body: Callable[[], None],
         if not e.permanent and task.request.retries < MAX_TRANSIENT_RETRIES:
             logger.warning("run %s %s: transient error, retrying: %s", run_id, stage, e)
             raise task.retry(countdown=2 ** (task.request.retries + 1), exc=e) from e
-        events.emit(run_id, "failed", stage, shard=shard, reason=str(e))
+        events.emit(run_id, "failed", stage, shard=shard, attempt=attempt, reason=str(e))
     except Exception as e:  # noqa: BLE001 - a bug must fail the run visibly, not vanish in a log
         logger.exception("run %s %s: unexpected error", run_id, stage)
         events.emit(
@@ -130,6 +141,7 @@ def _guard(stage: str, run_id: int, shard: int | None, body: Callable[[], None],
             "failed",
             stage,
             shard=shard,
+            attempt=attempt,
             reason=f"internal error in the host worker ({type(e).__name__}: {e}); see the worker log.",
             data={"traceback": traceback.format_exc()[-4000:]},
         )
@@ -146,6 +158,7 @@ def _requeue_for_gpu(task: Task, run_id: int, shard: int | None, e: _NoFreeGpu) 
             "failed",
             "infer",
             shard=shard,
+            attempt=payload.get("attempt"),
             reason=f"No host had a free GPU for {int(waited)}s: the model {e}. "
             "Free a GPU, add a GPU host, or raise HYPERBENCH_GPU_WAIT_S on the workers.",
         )
@@ -276,7 +289,7 @@ def _check_predictions(path: Path, ids: list[str]) -> tuple[int, int]:
     return len(seen), sum(seen.values())
 
 
-def _progress_reader(run_id: int, shard: int, out: Path, total: int) -> Callable[[], None]:
+def _progress_reader(run_id: int, shard: int, attempt: int, out: Path, total: int) -> Callable[[], None]:
     last: list[Any] = [None, 0.0]
 
     def tick() -> None:
@@ -288,7 +301,7 @@ def _progress_reader(run_id: int, shard: int, out: Path, total: int) -> Callable
         now = time.monotonic()
         if done != last[0] and (now - last[1] > 1.0 or done >= total):
             last[0], last[1] = done, now
-            events.emit(run_id, "progress", "infer", shard=shard, done=done, total=total)
+            events.emit(run_id, "progress", "infer", shard=shard, attempt=attempt, done=done, total=total)
 
     return tick
 
@@ -362,7 +375,7 @@ def _raise_unless_ok(what: str, result: containers.ContainerResult, spec: contra
 def infer_shard(self: Task, payload: contract.ShardTask) -> None:
     spec, shard, attempt = payload["spec"], int(payload["shard"]), int(payload["attempt"])
     run_id = spec["run_id"]
-    _guard("infer", run_id, shard, lambda: _infer(spec, shard, attempt), self)
+    _guard("infer", run_id, shard, lambda: _infer(spec, shard, attempt), self, attempt=attempt)
 
 
 def _infer(spec: contract.RunSpec, shard: int, attempt: int) -> None:
@@ -427,7 +440,7 @@ def _infer(spec: contract.RunSpec, shard: int, attempt: int) -> None:
                     *_endpoint_mount(cfg, model, job),
                 ],
             )
-            result = containers.run(cspec, on_tick=_progress_reader(run_id, shard, out, len(ids)))
+            result = containers.run(cspec, on_tick=_progress_reader(run_id, shard, attempt, out, len(ids)))
             _keep_log(store, spec, contract.log_key("infer", attempt, shard), result.log_tail, job)
             raw = out / "predictions.jsonl"
             try:
