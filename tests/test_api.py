@@ -132,3 +132,30 @@ def test_a_teammate_cannot_see_or_start_the_owners_runs(
     assert r.status_code == 400
     assert Run.objects.count() == 0
     assert ModelImage.objects.count() == 1
+
+
+def test_the_run_list_costs_the_same_queries_for_two_runs_as_for_twelve(
+    alice: Any, as_alice: APIClient
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tests.test_leaderboard import _dataset as board_dataset
+    from tests.test_leaderboard import _run as board_run
+
+    dataset = board_dataset("many")
+
+    def count() -> int:
+        with CaptureQueriesContext(connection) as ctx:
+            r = as_alice.get("/api/v1/runs/")
+        assert r.status_code == 200
+        return len(ctx.captured_queries)
+
+    for i in range(2):
+        board_run(alice, dataset, f"m{i}", {"cer": 0.1})
+    few = count()
+    for i in range(2, 12):
+        board_run(alice, dataset, f"m{i}", {"cer": 0.1})
+    assert count() == few
+    one = as_alice.get(f"/api/v1/runs/{Run.objects.first().pk}/").json()  # type: ignore[union-attr]
+    assert "events" in one and "sync" in one, "a run's own page still has its events"

@@ -219,6 +219,14 @@ class RunSerializer(serializers.ModelSerializer):
         return RunEventSerializer(reversed(list(latest)), many=True).data
 
 
+
+class RunListSerializer(RunSerializer):
+    """A run in a list: everything but its events, which cost two queries a run; see the run itself."""
+
+    class Meta(RunSerializer.Meta):
+        fields = [f for f in RunSerializer.Meta.fields if f not in ("sync", "events")]
+        read_only_fields = fields
+
 class RunArtifactsSerializer(serializers.Serializer):
     """``GET /api/v1/runs/<id>/artifacts/``: name -> download URL (for the schema; the view answers dicts)."""
 

@@ -90,6 +90,9 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
     def get_queryset(self) -> QuerySet[Run]:
         return _visible_runs(self.request)
 
+    def get_serializer_class(self) -> type[s.RunSerializer]:
+        return s.RunListSerializer if self.action == "list" else s.RunSerializer
+
     @extend_schema(request=s.RunStartSerializer, responses=s.RunSerializer)
     def create(self, request: Request) -> Response:
         ser = s.RunStartSerializer(data=request.data)
