@@ -256,3 +256,41 @@ def wait_for_run(client: APIClient, run_id: int, timeout_s: float = 600) -> dict
             return dict(data)
         time.sleep(0.5)
     raise AssertionError(f"run {run_id} did not finish in {timeout_s}s; last state {data['state']}")
+
+
+# --- the API steps of a run, shared by the end-to-end tests ---------------------------------
+
+
+def register_model(client: APIClient, name: str, image: str, digest: str) -> None:
+    r = client.post("/api/v1/models/", {"name": name, "image": image, "digest": digest}, format="json")
+    assert r.status_code == 201, r.content
+
+
+def register_dataset(client: APIClient, path: Path) -> dict[str, Any]:
+    r = client.post("/api/v1/datasets/", {"uri": path.as_uri() + "/"}, format="json")
+    assert r.status_code == 201, r.content
+    return dict(r.json())
+
+
+def create_experiment(
+    client: APIClient, model: str, dataset_id: int, params: dict[str, Any] | None = None, name: str = ""
+) -> int:
+    body = {"name": name or f"{model} test", "model": model, "dataset": dataset_id, "params": params or {}}
+    r = client.post("/api/v1/experiments/", body, format="json")
+    assert r.status_code == 201, r.content
+    return int(r.json()["id"])
+
+
+def start_run(client: APIClient, experiment_id: int, shards: int = 1) -> int:
+    r = client.post("/api/v1/runs/", {"experiment": experiment_id, "shards": shards}, format="json")
+    assert r.status_code == 201, r.content
+    return int(r.json()["id"])
+
+
+def echo_dataset(
+    staff: APIClient, owner: APIClient, images: dict[str, str], ds: Path, *, count: int, seed: int
+) -> int:
+    """A sample dataset of ``count`` documents and the fast ``echo`` model (testkit); the dataset's id."""
+    load_script("make_sample_dataset").write_dataset(ds, count, seed)
+    register_model(staff, "echo", f"hyperbench/testkit:{IMAGE_VERSION}", images["testkit"])
+    return int(register_dataset(owner, ds)["id"])

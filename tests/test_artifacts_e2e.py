@@ -22,7 +22,12 @@ from s3_fixtures import ACCESS_KEY, REGION, SECRET_KEY, SeaweedS3
 
 from apps.runs.models import Run, RunEvent, RunShard
 from hyperbench_web.devstack import Stack
-from tests.conftest import IMAGE_VERSION, load_script, wait_for_run
+from tests.conftest import (
+    create_experiment,
+    echo_dataset,
+    start_run,
+    wait_for_run,
+)
 from worker import contract
 
 pytestmark = pytest.mark.docker
@@ -94,26 +99,8 @@ def web_s3(settings: Any, platform: Stack, s3_server: SeaweedS3, s3_artifacts: s
 def _echo_experiment(
     staff: APIClient, owner: APIClient, images: dict[str, str], ds: Path, *, count: int, seed: int
 ) -> int:
-    load_script("make_sample_dataset").write_dataset(ds, count, seed)
-    r = staff.post(
-        "/api/v1/models/",
-        {"name": "echo", "image": f"hyperbench/testkit:{IMAGE_VERSION}", "digest": images["testkit"]},
-        format="json",
-    )
-    assert r.status_code == 201, r.content
-    r = owner.post("/api/v1/datasets/", {"uri": ds.as_uri() + "/"}, format="json")
-    assert r.status_code == 201, r.content
-    r = owner.post(
-        "/api/v1/experiments/", {"name": "echo", "model": "echo", "dataset": r.json()["id"]}, format="json"
-    )
-    assert r.status_code == 201, r.content
-    return int(r.json()["id"])
-
-
-def _start(client: APIClient, experiment: int, shards: int = 1) -> int:
-    r = client.post("/api/v1/runs/", {"experiment": experiment, "shards": shards}, format="json")
-    assert r.status_code == 201, r.content
-    return int(r.json()["id"])
+    dataset_id = echo_dataset(staff, owner, images, ds, count=count, seed=seed)
+    return create_experiment(owner, "echo", dataset_id, name="echo")
 
 
 def _split(uri: str) -> tuple[str, str]:
@@ -142,7 +129,7 @@ def test_a_run_on_an_s3_artifact_store_publishes_attempt_keyed_artifacts_the_api
 ) -> None:
     exp = _echo_experiment(as_staff, as_alice, images, roots["datasets"] / "s3-art" / "1", count=5, seed=17)
 
-    data = wait_for_run(as_alice, _start(as_alice, exp, shards=2), timeout_s=300)
+    data = wait_for_run(as_alice, start_run(as_alice, exp, shards=2), timeout_s=300)
 
     assert data["state"] == "succeeded", data["error_reason"]
     run = Run.objects.get(pk=data["id"])
@@ -211,7 +198,7 @@ def test_a_retried_shard_is_evaluated_from_its_own_attempt_never_mixed_with_an_e
     exp = _echo_experiment(as_staff, as_alice, images, roots["datasets"] / "s3-retry" / "1", count=4, seed=23)
     # The host is down while the run starts: attempt 1's message waits in Redis.
     workers.stop(("host",))
-    run_id = _start(as_alice, exp)
+    run_id = start_run(as_alice, exp)
     run = Run.objects.get(pk=run_id)
     base = f"{web_s3}runs/{run_id}/"
     ids = [json.loads(x)["id"] for x in (roots["datasets"] / "s3-retry" / "1" / "manifest.jsonl").open()]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from django.contrib.auth.models import AbstractUser, Permission
@@ -14,7 +13,12 @@ from rest_framework.test import APIClient
 from apps.runs.models import Comparison, Run
 from apps.runs.services import comparison_record
 from hyperbench_web.devstack import Stack
-from tests.conftest import IMAGE_VERSION, load_script, wait_for_run
+from tests.conftest import (
+    create_experiment,
+    echo_dataset,
+    start_run,
+    wait_for_run,
+)
 from tests.test_leaderboard import _dataset, _run
 
 CHANGELIST = "/admin/runs/run/"
@@ -156,24 +160,11 @@ def test_a_comparison_started_in_the_admin_ends_with_its_report(
     images: dict[str, str],
 ) -> None:
     ds = roots["datasets"] / "admin-compare" / "1"
-    load_script("make_sample_dataset").write_dataset(ds, 5, 31)
-    r = as_staff.post(
-        "/api/v1/models/",
-        {"name": "echo", "image": f"hyperbench/testkit:{IMAGE_VERSION}", "digest": images["testkit"]},
-        format="json",
-    )
-    assert r.status_code == 201, r.content
-    r = as_alice.post("/api/v1/datasets/", {"uri": ds.as_uri() + "/"}, format="json")
-    assert r.status_code == 201, r.content
-    dataset_id = r.json()["id"]
-    run_ids = []
-    for name, params in (("echo plain", {}), ("echo again", {"note": "second"})):
-        body: dict[str, Any] = {"name": name, "model": "echo", "dataset": dataset_id, "params": params}
-        exp = as_alice.post("/api/v1/experiments/", body, format="json")
-        assert exp.status_code == 201, exp.content
-        started = as_alice.post("/api/v1/runs/", {"experiment": exp.json()["id"]}, format="json")
-        assert started.status_code == 201, started.content
-        run_ids.append(started.json()["id"])
+    dataset_id = echo_dataset(as_staff, as_alice, images, ds, count=5, seed=31)
+    run_ids = [
+        start_run(as_alice, create_experiment(as_alice, "echo", dataset_id, params, name=name))
+        for name, params in (("echo plain", {}), ("echo again", {"note": "second"}))
+    ]
     assert [wait_for_run(as_alice, x)["state"] for x in run_ids] == ["succeeded", "succeeded"]
     web = _admin(staff)
 

@@ -35,7 +35,12 @@ from rest_framework.test import APIClient
 from apps.runs.models import Run
 from apps.runs.services import _timings
 from hyperbench_web.devstack import Stack
-from tests.conftest import IMAGE_VERSION, load_script, wait_for_run
+from tests.conftest import (
+    create_experiment,
+    echo_dataset,
+    start_run,
+    wait_for_run,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "images" / "eval"))
@@ -419,20 +424,10 @@ def test_a_real_runs_report_shows_its_timings_and_gpu_seconds(
     images: dict[str, str],
 ) -> None:
     """The facts the control side hands the report come from the run itself, not from a fixture."""
-    ds = roots["datasets"] / "timed" / "1"
-    load_script("make_sample_dataset").write_dataset(ds, 5, 41)
-    model = {"name": "echo", "image": f"hyperbench/testkit:{IMAGE_VERSION}", "digest": images["testkit"]}
-    assert as_staff.post("/api/v1/models/", model, format="json").status_code == 201
-    dataset = as_alice.post("/api/v1/datasets/", {"uri": ds.as_uri() + "/"}, format="json").json()
-    exp = as_alice.post(
-        "/api/v1/experiments/",
-        {"name": "echo timed", "model": "echo", "dataset": dataset["id"]},
-        format="json",
-    ).json()
-    started = as_alice.post("/api/v1/runs/", {"experiment": exp["id"], "shards": 2}, format="json")
-    assert started.status_code == 201, started.content
+    dataset_id = echo_dataset(as_staff, as_alice, images, roots["datasets"] / "timed" / "1", count=5, seed=41)
+    run_id = start_run(as_alice, create_experiment(as_alice, "echo", dataset_id, name="echo timed"), shards=2)
 
-    data = wait_for_run(as_alice, started.json()["id"])
+    data = wait_for_run(as_alice, run_id)
 
     assert data["state"] == "succeeded", data["error_reason"]
     run = Run.objects.get(pk=data["id"])

@@ -11,7 +11,6 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -19,7 +18,15 @@ from rest_framework.test import APIClient
 
 from apps.runs.models import Run, RunEvent
 from hyperbench_web.devstack import Stack
-from tests.conftest import IMAGE_VERSION, load_script, wait_for_run
+from tests.conftest import (
+    IMAGE_VERSION,
+    create_experiment,
+    load_script,
+    register_dataset,
+    register_model,
+    start_run,
+    wait_for_run,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -36,33 +43,6 @@ CER_BOUND = 0.06
 ABSENT_IMAGE_ID = "sha256:" + "0" * 64
 
 
-def _register_model(client: APIClient, name: str, image: str, digest: str) -> None:
-    r = client.post("/api/v1/models/", {"name": name, "image": image, "digest": digest}, format="json")
-    assert r.status_code == 201, r.content
-
-
-def _experiment(client: APIClient, model: str, dataset_id: int, params: dict[str, Any] | None = None) -> int:
-    r = client.post(
-        "/api/v1/experiments/",
-        {"name": f"{model} test", "model": model, "dataset": dataset_id, "params": params or {}},
-        format="json",
-    )
-    assert r.status_code == 201, r.content
-    return int(r.json()["id"])
-
-
-def _register_dataset(client: APIClient, path: Path) -> dict[str, Any]:
-    r = client.post("/api/v1/datasets/", {"uri": path.as_uri() + "/"}, format="json")
-    assert r.status_code == 201, r.content
-    return dict(r.json())
-
-
-def _start(client: APIClient, experiment_id: int) -> int:
-    r = client.post("/api/v1/runs/", {"experiment": experiment_id}, format="json")
-    assert r.status_code == 201, r.content
-    return int(r.json()["id"])
-
-
 @pytest.mark.ocr
 def test_a_run_goes_from_the_api_to_succeeded_with_metrics_and_a_report(
     platform: Stack,
@@ -71,10 +51,10 @@ def test_a_run_goes_from_the_api_to_succeeded_with_metrics_and_a_report(
     sample_dataset: Path,
     images: dict[str, str],
 ) -> None:
-    _register_model(as_staff, "rapidocr", f"hyperbench/ocr-rapidocr:{IMAGE_VERSION}", images["ocr-rapidocr"])
-    dataset = _register_dataset(as_alice, sample_dataset)
+    register_model(as_staff, "rapidocr", f"hyperbench/ocr-rapidocr:{IMAGE_VERSION}", images["ocr-rapidocr"])
+    dataset = register_dataset(as_alice, sample_dataset)
     assert dataset["sample_count"] == 60
-    run_id = _start(as_alice, _experiment(as_alice, "rapidocr", dataset["id"]))
+    run_id = start_run(as_alice, create_experiment(as_alice, "rapidocr", dataset["id"]))
 
     data = wait_for_run(as_alice, run_id)
 
@@ -116,9 +96,9 @@ def test_a_run_split_into_shards_merges_every_prediction_once(
 ) -> None:
     ds = roots["datasets"] / "small" / "1"
     load_script("make_sample_dataset").write_dataset(ds, 7, 3)
-    _register_model(as_staff, "echo", f"hyperbench/testkit:{IMAGE_VERSION}", images["testkit"])
-    dataset = _register_dataset(as_alice, ds)
-    exp = _experiment(as_alice, "echo", dataset["id"])
+    register_model(as_staff, "echo", f"hyperbench/testkit:{IMAGE_VERSION}", images["testkit"])
+    dataset = register_dataset(as_alice, ds)
+    exp = create_experiment(as_alice, "echo", dataset["id"])
     r = as_alice.post("/api/v1/runs/", {"experiment": exp, "shards": 3}, format="json")
     assert r.status_code == 201, r.content
 
@@ -147,10 +127,10 @@ def test_an_unreadable_image_becomes_that_samples_error_and_the_run_goes_on(
     manifest[2].pop("sha256", None)
     manifest[2]["size"] = broken.stat().st_size
     (ds / "manifest.jsonl").write_text("".join(json.dumps(m) + "\n" for m in manifest))
-    _register_model(as_staff, "rapidocr", f"hyperbench/ocr-rapidocr:{IMAGE_VERSION}", images["ocr-rapidocr"])
-    dataset = _register_dataset(as_alice, ds)
+    register_model(as_staff, "rapidocr", f"hyperbench/ocr-rapidocr:{IMAGE_VERSION}", images["ocr-rapidocr"])
+    dataset = register_dataset(as_alice, ds)
 
-    data = wait_for_run(as_alice, _start(as_alice, _experiment(as_alice, "rapidocr", dataset["id"])))
+    data = wait_for_run(as_alice, start_run(as_alice, create_experiment(as_alice, "rapidocr", dataset["id"])))
 
     assert data["state"] == "succeeded", data["error_reason"]
     assert data["metrics"]["errors"] == 1 and data["metrics"]["n"] == 4
@@ -168,10 +148,10 @@ def test_a_model_image_missing_on_the_host_fails_the_run_with_a_reason(
     as_alice: APIClient,
     sample_dataset: Path,
 ) -> None:
-    _register_model(as_staff, "ghost", "hyperbench/does-not-exist:1.0", ABSENT_IMAGE_ID)
-    dataset = _register_dataset(as_alice, sample_dataset)
+    register_model(as_staff, "ghost", "hyperbench/does-not-exist:1.0", ABSENT_IMAGE_ID)
+    dataset = register_dataset(as_alice, sample_dataset)
 
-    data = wait_for_run(as_alice, _start(as_alice, _experiment(as_alice, "ghost", dataset["id"])))
+    data = wait_for_run(as_alice, start_run(as_alice, create_experiment(as_alice, "ghost", dataset["id"])))
 
     assert data["state"] == "failed"
     assert "hyperbench/does-not-exist:1.0 is not present on this host" in data["error_reason"]
@@ -186,9 +166,9 @@ def test_a_container_that_exits_non_zero_fails_the_run_and_keeps_what_it_wrote(
     images: dict[str, str],
     roots: dict[str, Path],
 ) -> None:
-    _register_model(as_staff, "crashy", f"hyperbench/testkit:{IMAGE_VERSION}", images["testkit"])
-    dataset = _register_dataset(as_alice, sample_dataset)
-    run_id = _start(as_alice, _experiment(as_alice, "crashy", dataset["id"], {"mode": "exit"}))
+    register_model(as_staff, "crashy", f"hyperbench/testkit:{IMAGE_VERSION}", images["testkit"])
+    dataset = register_dataset(as_alice, sample_dataset)
+    run_id = start_run(as_alice, create_experiment(as_alice, "crashy", dataset["id"], {"mode": "exit"}))
 
     data = wait_for_run(as_alice, run_id)
 
@@ -210,15 +190,15 @@ def test_the_worker_keeps_serving_after_a_failed_run(
     sample_dataset: Path,
     images: dict[str, str],
 ) -> None:
-    _register_model(as_staff, "crashy", f"hyperbench/testkit:{IMAGE_VERSION}", images["testkit"])
-    _register_model(as_staff, "echo", f"hyperbench/testkit:{IMAGE_VERSION}", images["testkit"])
-    dataset = _register_dataset(as_alice, sample_dataset)
+    register_model(as_staff, "crashy", f"hyperbench/testkit:{IMAGE_VERSION}", images["testkit"])
+    register_model(as_staff, "echo", f"hyperbench/testkit:{IMAGE_VERSION}", images["testkit"])
+    dataset = register_dataset(as_alice, sample_dataset)
     failed = wait_for_run(
-        as_alice, _start(as_alice, _experiment(as_alice, "crashy", dataset["id"], {"mode": "exit"}))
+        as_alice, start_run(as_alice, create_experiment(as_alice, "crashy", dataset["id"], {"mode": "exit"}))
     )
     assert failed["state"] == "failed"
 
-    data = wait_for_run(as_alice, _start(as_alice, _experiment(as_alice, "echo", dataset["id"])))
+    data = wait_for_run(as_alice, start_run(as_alice, create_experiment(as_alice, "echo", dataset["id"])))
 
     assert data["state"] == "succeeded", data["error_reason"]
     assert platform.pid("host") is not None
@@ -232,10 +212,10 @@ def test_a_re_pointed_tag_is_refused(
     images: dict[str, str],
 ) -> None:
     # Registered with the eval image's id, but the tag points at the testkit image.
-    _register_model(as_staff, "sneaky", f"hyperbench/testkit:{IMAGE_VERSION}", images["eval"])
-    dataset = _register_dataset(as_alice, sample_dataset)
+    register_model(as_staff, "sneaky", f"hyperbench/testkit:{IMAGE_VERSION}", images["eval"])
+    dataset = register_dataset(as_alice, sample_dataset)
 
-    data = wait_for_run(as_alice, _start(as_alice, _experiment(as_alice, "sneaky", dataset["id"])))
+    data = wait_for_run(as_alice, start_run(as_alice, create_experiment(as_alice, "sneaky", dataset["id"])))
 
     assert data["state"] == "failed"
     assert "the tag was re-pointed" in data["error_reason"]
@@ -250,10 +230,10 @@ def test_two_runs_on_one_dataset_version_are_compared_in_a_report(
 ) -> None:
     ds = roots["datasets"] / "compare" / "1"
     load_script("make_sample_dataset").write_dataset(ds, 6, 21)
-    _register_model(as_staff, "rapidocr", f"hyperbench/ocr-rapidocr:{IMAGE_VERSION}", images["ocr-rapidocr"])
-    _register_model(as_staff, "echo", f"hyperbench/testkit:{IMAGE_VERSION}", images["testkit"])
-    dataset = _register_dataset(as_alice, ds)
-    runs = [_start(as_alice, _experiment(as_alice, m, dataset["id"])) for m in ("echo", "rapidocr")]
+    register_model(as_staff, "rapidocr", f"hyperbench/ocr-rapidocr:{IMAGE_VERSION}", images["ocr-rapidocr"])
+    register_model(as_staff, "echo", f"hyperbench/testkit:{IMAGE_VERSION}", images["testkit"])
+    dataset = register_dataset(as_alice, ds)
+    runs = [start_run(as_alice, create_experiment(as_alice, m, dataset["id"])) for m in ("echo", "rapidocr")]
     assert [wait_for_run(as_alice, r)["state"] for r in runs] == ["succeeded", "succeeded"]
 
     r = as_alice.post("/api/v1/comparisons/", {"runs": runs}, format="json")
@@ -281,7 +261,7 @@ def test_an_api_model_reaches_its_registered_endpoint_with_the_hosts_key(
 
     ds = roots["datasets"] / "api" / "1"
     load_script("make_sample_dataset").write_dataset(ds, 4, 5)
-    dataset = _register_dataset(as_alice, ds)
+    dataset = register_dataset(as_alice, ds)
     with FakeOpenAI() as srv:
         for name, key_env in (("vlm-api", "HB_TEST_OPENAI_KEY"), ("vlm-nokey", "HB_MISSING_KEY")):
             r = as_staff.post(
@@ -297,8 +277,10 @@ def test_an_api_model_reaches_its_registered_endpoint_with_the_hosts_key(
                 format="json",
             )
             assert r.status_code == 201, r.content
-        ok = wait_for_run(as_alice, _start(as_alice, _experiment(as_alice, "vlm-api", dataset["id"])))
-        nokey = wait_for_run(as_alice, _start(as_alice, _experiment(as_alice, "vlm-nokey", dataset["id"])))
+        ok, nokey = (
+            wait_for_run(as_alice, start_run(as_alice, create_experiment(as_alice, model, dataset["id"])))
+            for model in ("vlm-api", "vlm-nokey")
+        )
 
     assert ok["state"] == "succeeded", ok["error_reason"]
     assert srv.state.answered == 4
@@ -321,10 +303,10 @@ def test_a_shard_whose_worker_was_killed_is_dispatched_again_and_the_run_succeed
 ) -> None:
     ds = roots["datasets"] / "slow" / "1"
     load_script("make_sample_dataset").write_dataset(ds, 8, 13)
-    _register_model(as_staff, "slowpoke", f"hyperbench/testkit:{IMAGE_VERSION}", images["testkit"])
-    dataset = _register_dataset(as_alice, ds)
-    run_id = _start(
-        as_alice, _experiment(as_alice, "slowpoke", dataset["id"], {"mode": "slow", "sleep_s": 1})
+    register_model(as_staff, "slowpoke", f"hyperbench/testkit:{IMAGE_VERSION}", images["testkit"])
+    dataset = register_dataset(as_alice, ds)
+    run_id = start_run(
+        as_alice, create_experiment(as_alice, "slowpoke", dataset["id"], {"mode": "slow", "sleep_s": 1})
     )
     deadline = time.monotonic() + 60
     while as_alice.get(f"/api/v1/runs/{run_id}/").json()["progress_done"] < 1:

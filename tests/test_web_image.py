@@ -16,7 +16,8 @@ from pathlib import Path
 import docker
 import pytest
 import yaml
-from conftest import IMAGE_VERSION
+
+from tests.conftest import IMAGE_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker" / "compose.yml"
