@@ -1,4 +1,4 @@
-"""Runs whose artifact store is s3:// on a real S3 server, through every real part.
+"""Runs whose artifact store and datasets are s3:// on a real S3 server, through every real part.
 
 API (in-process DRF) -> Redis -> host worker process (its artifact store on the
 local SeaweedFS) -> Docker (the fast ``testkit`` model) -> control worker -> DB;
@@ -18,21 +18,25 @@ from typing import Any
 import pytest
 import requests
 from rest_framework.test import APIClient
-from s3_fixtures import ACCESS_KEY, REGION, SECRET_KEY, SeaweedS3
+from s3_fixtures import ACCESS_KEY, REGION, SECRET_KEY, SeaweedS3, make_dataset
 
 from apps.runs.models import Run, RunEvent, RunShard
 from hyperbench_web.devstack import Stack
 from tests.conftest import (
+    IMAGE_VERSION,
     create_experiment,
     echo_dataset,
+    register_model,
     start_run,
     wait_for_run,
 )
 from worker import contract
+from worker.nodecache import MARKER
 
 pytestmark = pytest.mark.docker
 
 BUCKET = "hb-e2e-artifacts"
+DATASETS = "hb-e2e-datasets"  # S3 datasets, synced into the host's node cache
 
 
 def _restart_host(stack: Stack, env: dict[str, str]) -> None:
@@ -71,6 +75,8 @@ def s3_artifacts(workers: Stack, s3_server: SeaweedS3) -> Iterator[str]:
             "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
             "HYPERBENCH_ARTIFACTS_S3_ROOTS": f"s3://{BUCKET}/{prefix}",
             "HYPERBENCH_ARTIFACTS_S3_MAX_ATTEMPTS": "4",
+            "HYPERBENCH_S3_BUCKETS": DATASETS,
+            "HYPERBENCH_S3_MAX_ATTEMPTS": "3",
         },
     )
     try:
@@ -93,6 +99,7 @@ def web_s3(settings: Any, platform: Stack, s3_server: SeaweedS3, s3_artifacts: s
     settings.HYPERBENCH_S3_SECRET_ACCESS_KEY = SECRET_KEY
     settings.HYPERBENCH_S3_SESSION_TOKEN = ""
     settings.HYPERBENCH_ARTIFACTS_URL_TTL_S = 300
+    settings.HYPERBENCH_S3_BUCKETS = [DATASETS]
     return s3_artifacts
 
 
@@ -242,3 +249,65 @@ def test_a_retried_shard_is_evaluated_from_its_own_attempt_never_mixed_with_an_e
         [base + contract.shard_predictions_key(0, 1), base + contract.shard_predictions_key(0, 2)]
     )
     assert Run.objects.get(pk=run_id).metrics["n"] == 4
+
+
+# --- datasets on S3: registered through the API, synced by the host before the run ------------
+
+
+def _s3_echo_experiment(
+    s3_server: SeaweedS3, staff: APIClient, owner: APIClient, images: dict[str, str], prefix: str, count: int
+) -> tuple[int, contract.DatasetRef]:
+    ref = make_dataset(s3_server.client(), DATASETS, prefix, count=count, size=3000, name=prefix.strip("/"))
+    register_model(staff, "echo", f"hyperbench/testkit:{IMAGE_VERSION}", images["testkit"])
+    r = owner.post("/api/v1/datasets/", {"uri": ref["uri"]}, format="json")
+    assert r.status_code == 201, r.content
+    assert r.json()["sample_count"] == count and r.json()["total_bytes"] == count * 3000
+    return create_experiment(owner, "echo", r.json()["id"], name="echo on s3"), ref
+
+
+def test_a_run_on_an_s3_dataset_syncs_it_into_the_node_cache_first_and_succeeds(
+    web_s3: str,
+    workers: Stack,
+    s3_server: SeaweedS3,
+    as_staff: APIClient,
+    as_alice: APIClient,
+    images: dict[str, str],
+) -> None:
+    exp, ref = _s3_echo_experiment(s3_server, as_staff, as_alice, images, "scans-ok/", count=12)
+
+    data = wait_for_run(as_alice, start_run(as_alice, exp, shards=2), timeout_s=300)
+
+    assert data["state"] == "succeeded", data["error_reason"]
+    assert data["metrics"]["n"] == 12
+    vdir = workers.var_dir / "cache" / "datasets" / ref["name"] / ref["manifest_sha256"]
+    assert (vdir / MARKER).is_file(), "the version is sealed in the node cache"
+    assert len(list((vdir / "images").rglob("*.png"))) == 12
+    # Two shards, one host: the first syncs (12 objects fetched), the second finds the version
+    # sealed; evaluation (shard null) reads the same sealed version.
+    ticks = {t["shard"]: t for t in data["sync"] if t["shard"] is not None}
+    assert sorted(ticks) == [0, 1] and all(t["phase"] == "done" for t in ticks.values()), data["sync"]
+    assert sorted(t["fetched_files"] for t in ticks.values()) == [0, 12], data["sync"]
+
+
+def test_a_dataset_that_lost_an_object_fails_the_run_clearly_and_mounts_nothing(
+    web_s3: str,
+    workers: Stack,
+    s3_server: SeaweedS3,
+    as_staff: APIClient,
+    as_alice: APIClient,
+    images: dict[str, str],
+) -> None:
+    exp, ref = _s3_echo_experiment(s3_server, as_staff, as_alice, images, "scans-gone/", count=6)
+    # Registered while complete; then someone deletes an image from the bucket.
+    s3_server.client().delete_object(Bucket=DATASETS, Key="scans-gone/images/3/doc-00003.png")
+
+    data = wait_for_run(as_alice, start_run(as_alice, exp), timeout_s=300)
+
+    assert data["state"] == "failed"
+    assert "doc-00003.png" in data["error_reason"] and "does not exist" in data["error_reason"], data[
+        "error_reason"
+    ]
+    vdir = workers.var_dir / "cache" / "datasets" / ref["name"] / ref["manifest_sha256"]
+    assert not (vdir / MARKER).exists(), "an incomplete version is never sealed"
+    assert data["shards"][0]["state"] == "failed"
+    assert not Run.objects.get(pk=data["id"]).predictions_uri, "nothing ran on a partial dataset"
