@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -186,3 +187,6 @@ def test_a_comparison_started_in_the_admin_ends_with_its_report(
     html = (b"".join(report.streaming_content) if report.streaming else report.content).decode()
     assert f"echo · run {run_ids[0]}" in html and f"echo · run {run_ids[1]}" in html
     assert "Paired bootstrap" in html and "<svg" in html
+    # Each run's row carries the throughput its own report shows, not a dash.
+    rows = re.findall(r"<tr><td>[AB]</td>.*?</tr>", html, re.S)
+    assert len(rows) == 2 and all(re.search(r"<td class=num>[0-9.,]+</td></tr>$", r) for r in rows), rows

@@ -418,12 +418,8 @@ def comparison_start(*, runs: list[Run], user: AbstractBaseUser | None = None) -
                     "metrics_uri": r.metrics_uri,
                     "per_sample_uri": r.per_sample_uri,
                     "predictions_uri": r.predictions_uri,
-                    "facts": {
-                        **r.spec.get("summary", {}),
-                        "image_digest": r.image_digest,
-                        "inference_s": r.inference_s,
-                        "samples_per_s": r.samples_per_s,
-                    },
+                    # The same timing facts as the run's own report (sync, inference, throughput).
+                    "facts": {**r.spec.get("summary", {}), "image_digest": r.image_digest, **_timings(r)},
                 }
                 for r in runs
             ],
