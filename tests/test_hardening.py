@@ -33,7 +33,15 @@ from apps.catalog.services import RegistrationError, model_image_register
 from apps.runs.models import Experiment, Run
 from apps.runs.services import RunError, run_start
 from hyperbench_web.devstack import Stack
-from tests.conftest import IMAGE_VERSION, load_script, wait_for_run
+from tests.conftest import (
+    IMAGE_VERSION,
+    create_experiment,
+    load_script,
+    register_dataset,
+    register_model,
+    start_run,
+    wait_for_run,
+)
 from tests.test_leaderboard import _dataset
 from worker import containers, events, tasks
 from worker.errors import HostError
@@ -632,3 +640,39 @@ def test_no_api_payload_produces_container_options_outside_the_allowed_set(
     assert all(k.startswith("org.hyperbench.") for k in opts["labels"])
     assert opts["labels"][containers.MANAGED_LABEL] == "1"
     assert opts["labels"]["org.hyperbench.run"] == str(run.pk)
+
+
+@docker_test
+def test_the_probe_registered_as_a_model_finds_the_same_walls_through_a_run_from_the_api(
+    platform: Stack,
+    as_staff: APIClient,
+    as_alice: APIClient,
+    roots: dict[str, Path],
+    images: dict[str, str],
+) -> None:
+    """The whole path a user takes (API -> run spec -> host worker -> container), not only the launcher:
+    nothing between the API and the engine loosens the hardening."""
+    ds = roots["datasets"] / "probe-run" / "1"
+    load_script("make_sample_dataset").write_dataset(ds, 1, 3)
+    register_model(as_staff, "probe", f"hyperbench/probe:{IMAGE_VERSION}", images["probe"])
+    dataset = register_dataset(as_alice, ds)
+    srv = _listener()
+    try:
+        params = {"tcp_port": srv.getsockname()[1], "public_addr": "1.1.1.1:53", "forks": 500}
+        experiment = create_experiment(as_alice, "probe", dataset["id"], params)
+        data = wait_for_run(as_alice, start_run(as_alice, experiment))
+    finally:
+        srv.close()
+
+    assert data["state"] == "succeeded", data["error_reason"]
+    line = Path(data["predictions_uri"].removeprefix("file://")).read_text().splitlines()[0]
+    found = json.loads(json.loads(line)["prediction"])
+    assert (found["uid"], found["euid"], found["cap_eff"], found["no_new_privs"]) == (10001, 10001, 0, 1)
+    assert found["write_root"]["writable"] is False and found["write_data"]["writable"] is False
+    assert found["write_output"]["writable"] is True
+    assert found["interfaces"] == ["lo"] and found["tcp_loopback"]["connected"] is False
+    assert found["tcp_public"]["connected"] is False
+    assert found["fork"]["error"] == "EAGAIN" and found["fork"]["forked"] < 500
+    assert found["docker_socket"] == [] and found["devices"] and set(found["devices"]) <= DEFAULT_DEVICES
+    assert found["cgroup"]["swap_max"] == 0 and found["cgroup"]["memory_max"] > 0
+    assert found["mounts"]["/"]["ro"] is True
