@@ -249,7 +249,6 @@ def test_nvml_that_answers_with_zero_gpus_is_reported_as_present(
         def nvmlDeviceGetCount() -> int:
             return 0
 
-    monkeypatch.setattr(telemetry, "_nvml", lambda: ZeroGpuNvml)
     monkeypatch.setattr("worker.gpus._nvml", lambda: ZeroGpuNvml)
     report = telemetry.collect(host_cfg, "host@cache-lister-01")
     assert report["nvml"] is True and report["gpus"] == []

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from worker import contract
 from worker.config import HostConfig
-from worker.gpus import _nvml, list_gpus
+from worker.gpus import list_gpus, nvml_available
 from worker.manifest import DATASET_JSON
 from worker.nodecache import CacheSettings, NodeCache, S3Settings
 
@@ -90,12 +90,6 @@ def running_containers() -> list[contract.RunningContainer]:
             }
         )
     return out
-
-
-def nvml_available() -> bool:
-    """NVML initialised in this process (it may still count zero GPUs)."""
-    # worker.gpus keeps the once-per-process NVML state; its initialiser is the one place to ask.
-    return _nvml() is not None
 
 
 def collect(
