@@ -390,6 +390,11 @@ def test_the_api_links_every_s3_artifact_of_a_run_with_a_presigned_url_that_down
     assert requests.get(one["Location"], timeout=10).content == published["logs/infer/shard-0/attempt-2.log"]
     report = as_alice.get(f"/api/v1/runs/{run.pk}/report/")
     assert report.status_code == 200 and b"".join(report.streaming_content) == published["report"]
+    # What a model wrote reaches the viewer's browser sandboxed: no cookies, no script, no fetch.
+    assert report["Content-Security-Policy"].startswith("sandbox;") and "script-src" not in report[
+        "Content-Security-Policy"
+    ]
+    assert report["X-Content-Type-Options"] == "nosniff"
     assert (
         as_alice.get(f"/api/v1/runs/{run.pk}/")
         .json()["artifacts_url"]

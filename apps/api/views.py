@@ -167,18 +167,27 @@ def _artifact_link(request: Request, run: Run, a: RunArtifact) -> str:
     return request.build_absolute_uri(reverse("run-artifact", kwargs={"pk": run.pk, "name": a.name}))
 
 
+# Artifacts hold what models wrote. Served from the app's own origin, they are sandboxed (an opaque
+# origin: no cookies, no API calls as the viewer) and may load nothing; the reports need nothing more.
+ARTIFACT_CSP = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
 def _stream(loc: artifacts.Location) -> HttpResponseBase:
+    response: HttpResponseBase
     if loc.path is not None:
         if not loc.path.is_file():
             raise Http404("The artifact is missing from the artifact store.")
-        return FileResponse(loc.path.open("rb"), content_type=loc.content_type)
-    try:
-        chunks, size = artifacts.open_stream(loc)
-    except artifacts.ArtifactError as e:
-        raise Http404(str(e)) from e
-    response = StreamingHttpResponse(chunks, content_type=loc.content_type)
-    if size is not None:
-        response["Content-Length"] = str(size)
+        response = FileResponse(loc.path.open("rb"), content_type=loc.content_type)
+    else:
+        try:
+            chunks, size = artifacts.open_stream(loc)
+        except artifacts.ArtifactError as e:
+            raise Http404(str(e)) from e
+        response = StreamingHttpResponse(chunks, content_type=loc.content_type)
+        if size is not None:
+            response["Content-Length"] = str(size)
+    response["Content-Security-Policy"] = ARTIFACT_CSP
+    response["X-Content-Type-Options"] = "nosniff"
     return response
 
 
