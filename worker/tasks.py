@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from celery import Task
@@ -369,6 +369,36 @@ def _raise_unless_ok(what: str, result: containers.ContainerResult, spec: contra
 
 # max_retries=None: waiting for a GPU re-queues the shard many times (bounded by
 # gpu_wait_s); transient errors are bounded by MAX_TRANSIENT_RETRIES in _guard.
+def _run_system_stage(
+    spec: contract.RunSpec,
+    cfg: HostConfig,
+    store: Any,
+    job: Path,
+    *,
+    stage: Literal["evaluate", "report"],
+    attempt: int,
+    inputs: list[containers.BindMount],
+) -> None:
+    """Run the eval or report image of a run on ``inputs`` (read-only) and ``job/output``; keep its log.
+
+    Raises:
+        HostError: the container failed (its reason names the image and the log tail).
+    """
+    img = spec["eval_image"] if stage == "evaluate" else spec["report_image"]
+    cspec = _container_spec(
+        spec,
+        cfg,
+        image=img["image"],
+        digest=img["digest"],
+        labels={"org.hyperbench.run": str(spec["run_id"]), "org.hyperbench.stage": stage},
+        mounts=[*inputs, containers.BindMount(job / "output", "/job/output", read_only=False)],
+    )
+    result = containers.run(cspec)
+    _keep_log(store, spec, contract.log_key(stage, attempt), result.log_tail, job)
+    what = "Eval" if stage == "evaluate" else "Report"
+    _raise_unless_ok(f"{what} container {img['image']}", result, spec)
+
+
 @app.task(
     name=contract.TASK_INFER_SHARD, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None
 )
@@ -526,22 +556,11 @@ def _evaluate(spec: contract.RunSpec, shard_uris: list[str], *, attempt: int = 1
                     f.write(b"\n")  # a shard without a final newline must not glue onto the next
                 part.unlink()
         merged.chmod(0o644)
-        img = spec["eval_image"]
-        cspec = _container_spec(
-            spec,
-            cfg,
-            image=img["image"],
-            digest=img["digest"],
-            labels={"org.hyperbench.run": str(run_id), "org.hyperbench.stage": "evaluate"},
-            mounts=[
-                containers.BindMount(dataset_dir, "/data"),
-                containers.BindMount(merged, "/job/predictions.jsonl"),
-                containers.BindMount(job / "output", "/job/output", read_only=False),
-            ],
-        )
-        result = containers.run(cspec)
-        _keep_log(store, spec, contract.log_key("evaluate", attempt), result.log_tail, job)
-        _raise_unless_ok(f"Eval container {img['image']}", result, spec)
+        inputs = [
+            containers.BindMount(dataset_dir, "/data"),
+            containers.BindMount(merged, "/job/predictions.jsonl"),
+        ]
+        _run_system_stage(spec, cfg, store, job, stage="evaluate", attempt=attempt, inputs=inputs)
         metrics_path = job / "output" / "metrics.json"
         try:
             metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
@@ -582,22 +601,8 @@ def _report(spec: contract.RunSpec, payload: dict[str, Any], *, attempt: int = 1
         (inp / "run.json").write_text(json.dumps(payload.get("run_facts", {})), encoding="utf-8")
         for p in inp.iterdir():
             p.chmod(0o644)
-        img = spec["report_image"]
-        cspec = _container_spec(
-            spec,
-            cfg,
-            image=img["image"],
-            digest=img["digest"],
-            labels={"org.hyperbench.run": str(run_id), "org.hyperbench.stage": "report"},
-            mounts=[
-                containers.BindMount(dataset_dir, "/data"),
-                containers.BindMount(inp, "/job/input"),
-                containers.BindMount(job / "output", "/job/output", read_only=False),
-            ],
-        )
-        result = containers.run(cspec)
-        _keep_log(store, spec, contract.log_key("report", attempt), result.log_tail, job)
-        _raise_unless_ok(f"Report container {img['image']}", result, spec)
+        inputs = [containers.BindMount(dataset_dir, "/data"), containers.BindMount(inp, "/job/input")]
+        _run_system_stage(spec, cfg, store, job, stage="report", attempt=attempt, inputs=inputs)
         html = job / "output" / "report.html"
         if not html.is_file():
             raise HostError("The report container exited 0 but wrote no report.html.")
