@@ -54,9 +54,11 @@ from typing import Any
 from hyperbench_sdk import (
     PredictionWriter,
     done_ids,
+    image_mime,
     job_dir,
     read_params,
     read_samples,
+    render_prompt,
     resolve_data_path,
     write_progress,
 )
@@ -237,28 +239,6 @@ def load_options(raw: dict[str, Any], endpoint: Endpoint) -> Options:
 
 
 # ----------------------------------------------------------------------------- one sample
-
-
-def image_mime(data: bytes) -> str:
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    raise ValueError("not a PNG, JPEG, GIF or WebP image")
-
-
-def render_prompt(template: str, sample: dict[str, Any]) -> str:
-    question = sample.get("question")
-    if question is None:
-        return template.replace("{question}", "")
-    question = str(question)
-    if "{question}" in template:
-        return template.replace("{question}", question)
-    return f"{template}\n\nQuestion: {question}"
 
 
 def build_request(sample: dict[str, Any], image: bytes, opts: Options, model: str) -> dict[str, Any]:

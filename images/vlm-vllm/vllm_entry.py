@@ -41,8 +41,10 @@ from typing import Any
 from hyperbench_sdk import (
     PredictionWriter,
     done_ids,
+    image_mime,
     read_params,
     read_samples,
+    render_prompt,
     resolve_data_path,
     write_progress,
 )
@@ -145,27 +147,6 @@ def load_options(raw: dict[str, Any]) -> Options:
         prompt=prompt,
         task=task,
     )
-
-
-def image_mime(data: bytes) -> str:
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    raise ValueError("not a PNG, JPEG, GIF or WebP image")
-
-
-def render_prompt(template: str, sample: dict[str, Any]) -> str:
-    question = sample.get("question")
-    if question is None:
-        return template.replace("{question}", "")
-    if "{question}" in template:
-        return template.replace("{question}", str(question))
-    return f"{template}\n\nQuestion: {question}"
 
 
 def conversation(sample: dict[str, Any], opts: Options) -> list[dict[str, Any]]:

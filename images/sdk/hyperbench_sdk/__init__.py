@@ -32,6 +32,8 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 __all__ = [
+    "image_mime",
+    "render_prompt",
     "CONTRACT_VERSION",
     "DATA_DIR",
     "JOB_DIR",
@@ -347,3 +349,34 @@ def run_model(
     write_progress(done, total, errors=errors)
     _log(f"done: {done}/{total} samples, {errors} errors this session")
     return 0
+
+
+# --- helpers for vision-language models (vlm-openai, vlm-vllm, your own) -----------------------
+
+
+def image_mime(data: bytes) -> str:
+    """The MIME type of an image from its first bytes (for a ``data:`` URL).
+
+    Raises:
+        ValueError: not a PNG, JPEG, GIF or WebP image.
+    """
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    raise ValueError("not a PNG, JPEG, GIF or WebP image")
+
+
+def render_prompt(template: str, sample: Mapping[str, Any]) -> str:
+    """The prompt for one sample: ``{question}`` in the template is replaced by the sample's
+    question, or the question is appended when the template has no placeholder."""
+    question = sample.get("question")
+    if question is None:
+        return template.replace("{question}", "")
+    if "{question}" in template:
+        return template.replace("{question}", str(question))
+    return f"{template}\n\nQuestion: {question}"
