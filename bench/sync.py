@@ -8,6 +8,8 @@ started here) and write to local disk. Scenarios (issue 3):
 - S3 1 % changed + 1 % added (a new version: unchanged files come from the cached one)
 - S4 4 x 64 MB objects
 - S5 8 workers on one node starting at once (bytes served / dataset bytes, via a counting proxy)
+- S6 an N-shard run on N hosts (N=4): each host's cache syncs its shard's samples only, one host
+  also the evaluation's manifest and the report's gallery (bytes served to all hosts / dataset bytes)
 
 Rounds are interleaved (each round runs every tool once, in a rotating order) and the
 median of the rounds is reported. The project's sync runs in this process, as in a
@@ -15,7 +17,8 @@ host worker that is already up; the anchors are their CLIs (their start-up time 
 their figures: s5cmd's is milliseconds, the aws CLI's about half a second).
 
 The last line reads:
-``sync: S1_vs_s5cmd=<x> S1_vs_awscli=<x> S2_vs_S1=<x> S4_vs_s5cmd=<x> S5_bytes_ratio=<x>``
+``sync: S1_vs_s5cmd=<x> S1_vs_awscli=<x> S2_vs_S1=<x> S4_vs_s5cmd=<x> S5_bytes_ratio=<x>
+S6_shard_bytes_ratio=<x>``
 (ratio = project time / anchor time; bytes ratio = bytes served / dataset bytes).
 """
 
@@ -34,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
@@ -42,7 +46,7 @@ from faultproxy import FaultProxy  # noqa: E402
 from s3_fixtures import ACCESS_KEY, REGION, SECRET_KEY, SeaweedS3  # noqa: E402
 
 from worker import contract  # noqa: E402
-from worker.nodecache import CacheSettings, NodeCache, S3Settings  # noqa: E402
+from worker.nodecache import CacheSettings, NodeCache, S3Settings, Selection  # noqa: E402
 
 BIN = Path(sys.executable).parent
 BUCKET = "hb-bench"
@@ -112,6 +116,13 @@ def _make_version(
     )
 
 
+def _crt_wait(future: Any) -> None:
+    # result() returns when the bytes are in, before the temp file is renamed to its name
+    # (s3transfer's RenameTempFileHandler runs in a done callback): wait for that too.
+    future.result()
+    future._coordinator.wait_until_on_done_callbacks_complete()
+
+
 def _blob(seed: str, size: int) -> bytes:
     block = hashlib.sha512(seed.encode()).digest() * 64  # 4 KB, distinct per object
     return (block * (size // len(block) + 1))[:size]
@@ -125,6 +136,7 @@ class Bench:
         self.endpoint = server.endpoint
         self.env = _env(self.endpoint)
         self.times: dict[str, list[float]] = {}
+        self._crt: Any = None
 
     def cache(self, root: Path, endpoint: str | None = None) -> NodeCache:
         return NodeCache(
@@ -181,6 +193,53 @@ class Bench:
             self.env,
         )
 
+    def crt(self, ref: contract.DatasetRef, dest: Path) -> float:
+        """The other library measured for the engine: boto3's CRT transfer manager (awscrt), in process.
+
+        The manifest, then every object it names through one CRTTransferManager, then the
+        sha256 of each file checked as the project does: a floor for an engine built on it
+        (no staging, no seal, no cache bookkeeping).
+        """
+        import botocore.session
+        from s3transfer.crt import (
+            BotocoreCRTCredentialsWrapper,
+            BotocoreCRTRequestSerializer,
+            CRTTransferManager,
+            create_s3_crt_client,
+        )
+
+        t0 = time.perf_counter()
+        bucket, _, prefix = ref["uri"][len("s3://") :].partition("/")
+        if self._crt is None:
+            # Built by hand: boto3's create_transfer_manager gives its CRT client no endpoint_url
+            # (boto/boto3#4839), so it cannot reach a local S3 server.
+            session = botocore.session.Session()
+            session.set_credentials(ACCESS_KEY, SECRET_KEY)
+            serializer = BotocoreCRTRequestSerializer(
+                session, {"region_name": REGION, "endpoint_url": self.endpoint}
+            )
+            creds = BotocoreCRTCredentialsWrapper(session.get_credentials()).to_crt_credentials_provider()
+            client = create_s3_crt_client(REGION, creds, use_ssl=False, part_size=16 * 1024 * 1024)
+            self._crt = CRTTransferManager(client, serializer)
+        manager = self._crt
+        _crt_wait(manager.download(bucket, prefix + "manifest.jsonl", str(dest / "manifest.jsonl")))
+        rows = [json.loads(line) for line in (dest / "manifest.jsonl").read_bytes().splitlines()]
+        futures = []
+        for row in rows:
+            target = dest / row["image"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            futures.append(manager.download(bucket, prefix + row["image"], str(target)))
+        for f in futures:
+            _crt_wait(f)
+        for row in rows:
+            h = hashlib.sha256()
+            with open(dest / row["image"], "rb", buffering=0) as fh:
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+            if h.hexdigest() != row["sha256"]:
+                raise RuntimeError(f"crt: {row['image']} has the wrong sha256")
+        return time.perf_counter() - t0
+
     def s5(self, ref: contract.DatasetRef, dataset_bytes: int, workers: int = 8) -> tuple[float, float]:
         """8 processes sync the same version into one fresh cache through the counting proxy."""
         root = self.fresh("s5-cache")
@@ -211,6 +270,17 @@ class Bench:
         took = time.perf_counter() - t0
         return took, self.proxy.bytes_out / dataset_bytes
 
+    def s6(self, ref: contract.DatasetRef, dataset_bytes: int, hosts: int = 4) -> float:
+        """An N-shard run on N hosts (one fresh cache each): bytes served to all of them / dataset bytes."""
+        self.proxy.reset()
+        for shard in range(hosts):
+            cache = self.cache(self.fresh(f"s6-host{shard}"), self.proxy.url)
+            cache.sync(ref, select=Selection.of_shard(shard, hosts))
+            if shard == 0:  # evaluation (the manifest) and the report (its gallery) on the first host
+                cache.sync(ref, select=Selection.manifest())
+                cache.sync(ref, select=Selection.of_ids({f"s{i}" for i in range(8)}))
+        return self.proxy.bytes_out / dataset_bytes
+
 
 def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops the server
@@ -218,9 +288,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="5 rounds, no rclone anchor (make bench-sync)")
     ap.add_argument("--rounds", type=int, default=0)
     ap.add_argument("--objects", type=int, default=2000)
+    ap.add_argument(
+        "--crt",
+        action="store_true",
+        help="also time boto3's CRT transfer manager (awscrt) on S1 and S4, the engine candidate not chosen",
+    )
     args = ap.parse_args()
     rounds = args.rounds or (5 if args.quick else 7)
-    anchors = ["s5cmd", "awscli"] + ([] if args.quick else ["rclone"])
+    anchors = ["s5cmd", "awscli"] + ([] if args.quick else ["rclone"]) + (["crt"] if args.crt else [])
     work = Path(tempfile.mkdtemp(prefix="hb-bench-sync-"))
     server = SeaweedS3(work / "weed").start()
     proxy = FaultProxy("127.0.0.1", server.port).start()
@@ -246,9 +321,9 @@ def main() -> None:
         print(f"bench-sync: data uploaded in {time.monotonic() - started:.1f}s; {rounds} rounds", flush=True)
 
         b = Bench(work, server, proxy)
-        import aiohttp  # noqa: F401 - a host worker has it loaded already; keep its import out of round 1
+        import obstore  # noqa: F401 - a host worker has it loaded already; keep its import out of round 1
 
-        s5_ratio = 0.0
+        s5_ratio = s6_ratio = 0.0
         for r in range(rounds):
             order = ["project", *anchors]
             order = order[r % len(order) :] + order[: r % len(order)]
@@ -274,6 +349,8 @@ def main() -> None:
             if r < 2:  # S5 is about bytes, which do not vary; two rounds give its time too
                 took, s5_ratio = b.s5(s1, s1_bytes)
                 b.record("S5/project-8-workers", took)
+            if r == 0:  # S6 is about bytes too: one round
+                s6_ratio = b.s6(s1, s1_bytes)
             print(f"  round {r + 1}/{rounds} done at {time.monotonic() - started:.0f}s", flush=True)
 
         med: dict[str, float] = {k: statistics.median(v) for k, v in sorted(b.times.items())}
@@ -284,6 +361,11 @@ def main() -> None:
         s1_mb = s1_bytes / 1e6
         mbps = {t: s1_mb / med[f"S1/{t}"] for t in ["project", *anchors]}
         print("  S1 throughput: " + ", ".join(f"{t} {v:.0f} MB/s" for t, v in mbps.items()))
+        if "S1/crt" in med:
+            print(
+                f"  candidate crt: S1_vs_s5cmd={med['S1/crt'] / med['S1/s5cmd']:.2f} "
+                f"S4_vs_s5cmd={med['S4/crt'] / med['S4/s5cmd']:.2f}"
+            )
         if "S3/s5cmd" in med:
             print(f"  S3_vs_s5cmd_sync={med['S3/project'] / med['S3/s5cmd']:.2f}")
         print(f"  total {time.monotonic() - started:.0f}s")
@@ -292,7 +374,8 @@ def main() -> None:
             f"S1_vs_awscli={med['S1/project'] / med['S1/awscli']:.2f} "
             f"S2_vs_S1={med['S2/project'] / med['S1/project']:.3f} "
             f"S4_vs_s5cmd={med['S4/project'] / med['S4/s5cmd']:.2f} "
-            f"S5_bytes_ratio={s5_ratio:.3f}"
+            f"S5_bytes_ratio={s5_ratio:.3f} "
+            f"S6_shard_bytes_ratio={s6_ratio:.3f}"
         )
     finally:
         proxy.stop()

@@ -14,6 +14,8 @@ from urllib.parse import urlparse
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from worker import brokertls
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(environ.Env().str("HYPERBENCH_VAR_DIR", default=str(BASE_DIR / "var")))
 
@@ -24,6 +26,27 @@ DEBUG = env.bool("DEBUG", default=False)
 # A secret is required outside DEBUG; the demo and the tests pass one explicitly.
 SECRET_KEY = env.str("SECRET_KEY") if not DEBUG else env.str("SECRET_KEY", default="dev-only-not-secret")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
+
+# --- HTTPS (deploy) -------------------------------------------------------------
+# HYPERBENCH_HTTPS=true: the site is served over https by a TLS proxy in front of
+# gunicorn, which sets X-Forwarded-Proto (the compose stack: web binds 127.0.0.1 only,
+# so nothing else can reach it and forge the header). It turns on what
+# `manage.py check --deploy` asks for: https redirects, secure session and CSRF
+# cookies, HSTS. Each can be set on its own. Off by default: the one-machine demo
+# is plain http on 127.0.0.1, where secure cookies would make the admin unusable.
+HTTPS = env.bool("HYPERBENCH_HTTPS", default=False)
+if HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=HTTPS)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=HTTPS)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=HTTPS)
+# HSTS: a year once https is on, for this host and its subdomains. Preloading is a
+# promise to the browsers' list that only the domain's owner can make: off unless
+# SECURE_HSTS_PRELOAD=true, and its deploy check (security.W021) is silenced meanwhile.
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000 if HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=HTTPS)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -39,6 +62,7 @@ INSTALLED_APPS = [
     "apps.catalog",
     "apps.runs",
     "apps.hosts",
+    "apps.quotas",
 ]
 
 MIDDLEWARE = [
@@ -78,6 +102,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {
         "NAME": env.str("TEST_SQLITE_PATH", default=str(VAR_DIR / "test.sqlite3"))
     }
+else:
+    # A server database: keep each process's connection across requests and control tasks (a new
+    # PostgreSQL connection per event was most of an event's cost), checked before reuse.
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("HYPERBENCH_DB_CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -98,17 +127,59 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    # Every 4xx answer documented, strict request bodies, links (apps/api/schema.py).
+    "DEFAULT_SCHEMA_CLASS": "apps.api.schema.AutoSchema",
+    # One error shape: service errors mapped to 400/404/409, quotas to 403/429 (apps/api/errors.py).
+    "EXCEPTION_HANDLER": "apps.api.errors.exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "apps.api.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
+    # JSON nested deeper than the API stores is a 400 (apps/api/parsers.py); forms as DRF's.
+    "DEFAULT_PARSER_CLASSES": [
+        "apps.api.parsers.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    # Rates: HYPERBENCH_API_THROTTLE_* below, read at each request (apps/api/throttling.py).
+    "DEFAULT_THROTTLE_CLASSES": [
+        "apps.api.throttling.AnonThrottle",
+        "apps.api.throttling.UserThrottle",
+    ],
 }
+# The most items a list answers (``?limit=`` above it is clamped).
+HYPERBENCH_API_MAX_PAGE_SIZE = env.int("HYPERBENCH_API_MAX_PAGE_SIZE", default=500)
+# Throttles, as DRF rates (<n>/second|minute|hour|day; empty: off). Requests without a token per
+# client address, with one per user, and token requests (password guessing) per client address.
+HYPERBENCH_API_THROTTLE_ANON = env.str("HYPERBENCH_API_THROTTLE_ANON", default="120/minute")
+HYPERBENCH_API_THROTTLE_USER = env.str("HYPERBENCH_API_THROTTLE_USER", default="1000/minute")
+HYPERBENCH_API_THROTTLE_TOKEN = env.str("HYPERBENCH_API_THROTTLE_TOKEN", default="10/minute")
+# Throttle counters live in Django's cache: per process by default; give several web
+# processes one shared cache, e.g. CACHE_URL=redis://127.0.0.1:6379/1.
+CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
 SPECTACULAR_SETTINGS = {
     "TITLE": "HyperBench API",
     "VERSION": "1.0.0",
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,  # request bodies get their own (strict) components
+    "ENUM_NAME_OVERRIDES": {
+        "RunStateEnum": "apps.runs.models.Run.State",
+        "ShardStateEnum": "apps.runs.models.RunShard.State",
+        "ComparisonStateEnum": "apps.runs.models.Comparison.State",
+        "DatasetTaskEnum": "apps.catalog.models.Dataset.Task",
+    },
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "apps.api.schema.postprocess",
+    ],
 }
+# Run quotas per user (apps/quotas): the defaults of users without their own (set by staff in the
+# admin, Quotas > User quotas); staff have none unless set there. 0: no limit.
+HYPERBENCH_QUOTA_CONCURRENT_RUNS = env.int("HYPERBENCH_QUOTA_CONCURRENT_RUNS", default=10)
+HYPERBENCH_QUOTA_SHARDS_PER_RUN = env.int("HYPERBENCH_QUOTA_SHARDS_PER_RUN", default=16)
+HYPERBENCH_QUOTA_RUNS_PER_DAY = env.int("HYPERBENCH_QUOTA_RUNS_PER_DAY", default=200)
+# Bytes of uploaded dataset versions (POST /api/v1/datasets/upload/) a user may store in all.
+HYPERBENCH_QUOTA_UPLOAD_BYTES = env.int("HYPERBENCH_QUOTA_UPLOAD_BYTES", default=20 * 1024**3)
 
 LOGGING = {
     "version": 1,
@@ -124,9 +195,25 @@ LOGGING = {
 # would be delivered twice; the shard fence in the worker makes a double
 # delivery harmless, only wasteful.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
+# The control worker (the only consumer of this app's messages) keeps its unacknowledged
+# messages under keys of its own, with a short window: its tasks take milliseconds, so an
+# event it held when it was killed goes back on the `control` queue after
+# CELERY_CONTROL_VISIBILITY_TIMEOUT_S, while the host workers' long window (their own
+# `unacked` keys, worker/celery_app.py) is untouched. The web process only publishes.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_S", default=4 * 3600)
+    "visibility_timeout": env.int("CELERY_CONTROL_VISIBILITY_TIMEOUT_S", default=60),
+    "unacked_key": "hyperbench.control.unacked",
+    "unacked_index_key": "hyperbench.control.unacked_index",
+    "unacked_mutex_key": "hyperbench.control.unacked_mutex",
 }
+# A broker over the internet (remote hosts): rediss:// with the server's certificate verified
+# against HYPERBENCH_BROKER_CA_FILE (a CA bundle, or "system"), an optional client certificate
+# (HYPERBENCH_BROKER_CERT_FILE/_KEY_FILE), and a password; never CERT_NONE (worker/brokertls.py,
+# docs/operations.md "Joining a remote host"). The control worker checks it once at start.
+try:
+    CELERY_BROKER_USE_SSL = brokertls.ssl_options_from_env(CELERY_BROKER_URL)
+except brokertls.BrokerConfigError as _e:
+    raise ImproperlyConfigured(str(_e)) from None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "control"
@@ -141,6 +228,35 @@ CELERY_ACCEPT_CONTENT = ["json"]
 HYPERBENCH_DATASET_ROOTS = [
     Path(p).resolve() for p in env.list("HYPERBENCH_DATASET_ROOTS", default=[str(VAR_DIR / "datasets")])
 ]
+
+# Uploaded datasets (POST /api/v1/datasets/upload/, docs/operations.md "Dataset uploads"): stored
+# under this folder, which must lie under one of the dataset roots (else uploads answer 503),
+# as <root>/<name>/<version>/, staged in <root>/.staging/ meanwhile.
+HYPERBENCH_UPLOADS_ROOT = Path(
+    env.str(
+        "HYPERBENCH_UPLOADS_ROOT",
+        default=str([*HYPERBENCH_DATASET_ROOTS, VAR_DIR / "datasets"][0] / "uploads"),
+    )
+).resolve()
+# Where uploaded versions are stored: empty (the default) is file:// under HYPERBENCH_UPLOADS_ROOT as
+# above; file:///dir/ is that folder instead (under a dataset root too); s3://bucket/prefix/ writes them
+# to <prefix><name>/<version>/ in that bucket (one of HYPERBENCH_S3_BUCKETS, with the S3 settings below)
+# after converting them in <HYPERBENCH_UPLOADS_ROOT>/.staging/, and registers the s3:// URI.
+HYPERBENCH_UPLOADS_URI = env.str("HYPERBENCH_UPLOADS_URI", default="").strip()
+# The uploaded file itself (streamed to disk, refused past this), and an archive's contents:
+# bytes once unpacked, members, and how many times an archive (or a zip member) may inflate.
+HYPERBENCH_UPLOAD_MAX_BYTES = env.int("HYPERBENCH_UPLOAD_MAX_BYTES", default=2 * 1024**3)
+HYPERBENCH_UPLOAD_MAX_UNPACKED_BYTES = env.int("HYPERBENCH_UPLOAD_MAX_UNPACKED_BYTES", default=8 * 1024**3)
+HYPERBENCH_UPLOAD_MAX_FILES = env.int("HYPERBENCH_UPLOAD_MAX_FILES", default=200_000)
+HYPERBENCH_UPLOAD_MAX_RATIO = env.int("HYPERBENCH_UPLOAD_MAX_RATIO", default=200)
+# Importers (apps/catalog/importers/, uploads and manage.py import_dataset): one image's bytes and
+# pixels (Pillow's own MAX_IMAGE_PIXELS by default), a JSON file read whole, samples, PDF pages/dpi.
+HYPERBENCH_IMPORT_MAX_IMAGE_BYTES = env.int("HYPERBENCH_IMPORT_MAX_IMAGE_BYTES", default=50 * 1024**2)
+HYPERBENCH_IMPORT_MAX_IMAGE_PIXELS = env.int("HYPERBENCH_IMPORT_MAX_IMAGE_PIXELS", default=89_478_485)
+HYPERBENCH_IMPORT_MAX_JSON_BYTES = env.int("HYPERBENCH_IMPORT_MAX_JSON_BYTES", default=512 * 1024**2)
+HYPERBENCH_IMPORT_MAX_SAMPLES = env.int("HYPERBENCH_IMPORT_MAX_SAMPLES", default=1_000_000)
+HYPERBENCH_IMPORT_PDF_DPI = env.int("HYPERBENCH_IMPORT_PDF_DPI", default=150)
+HYPERBENCH_IMPORT_MAX_PDF_PAGES = env.int("HYPERBENCH_IMPORT_MAX_PDF_PAGES", default=5000)
 
 
 def _s3_endpoint(name: str) -> str:
@@ -190,6 +306,9 @@ if HYPERBENCH_S3_TIMEOUT_S < 1:
 HYPERBENCH_ARTIFACTS_URI = env.str(
     "HYPERBENCH_ARTIFACTS_URI", default=(VAR_DIR / "artifacts").resolve().as_uri() + "/"
 )
+# The prediction cache (worker/predcache.py): where hosts keep validated predictions by content.
+# Empty: <HYPERBENCH_ARTIFACTS_URI>cache/predictions/. It must lie under the hosts' artifact roots.
+HYPERBENCH_PREDICTION_CACHE_URI = env.str("HYPERBENCH_PREDICTION_CACHE_URI", default="")
 
 
 def _image_id(name: str) -> str:
@@ -228,12 +347,23 @@ HYPERBENCH_MAX_SHARDS = env.int("HYPERBENCH_MAX_SHARDS", default=64)
 # container, is dispatched again (at most 3 attempts); the reconciler looks
 # every HYPERBENCH_RECONCILE_S seconds (celery beat inside the control worker).
 HYPERBENCH_STALE_SHARD_S = env.int("HYPERBENCH_STALE_SHARD_S", default=300)
-HYPERBENCH_RECONCILE_S = env.int("HYPERBENCH_RECONCILE_S", default=60)
+HYPERBENCH_RECONCILE_S = env.int("HYPERBENCH_RECONCILE_S", default=10)
+# A pending shard of a CPU model that no idle host started for this long lost its message.
+HYPERBENCH_PENDING_SHARD_S = env.int("HYPERBENCH_PENDING_SHARD_S", default=120)
+# The hosts' event batches (hb.events) are drained every HYPERBENCH_EVENT_DRAIN_S, up to
+# HYPERBENCH_EVENT_DRAIN_MAX messages per drain (apps/runs/drain.py).
+HYPERBENCH_EVENT_DRAIN_S = env.float("HYPERBENCH_EVENT_DRAIN_S", default=0.25)
+HYPERBENCH_EVENT_DRAIN_MAX = env.int("HYPERBENCH_EVENT_DRAIN_MAX", default=2000)
 CELERY_BEAT_SCHEDULE = {
     "reconcile": {
         "task": "hyperbench.control.reconcile",
         "schedule": float(HYPERBENCH_RECONCILE_S),
         "options": {"queue": "control", "expires": float(HYPERBENCH_RECONCILE_S)},
+    },
+    "drain-events": {
+        "task": "hyperbench.control.drain_events",
+        "schedule": HYPERBENCH_EVENT_DRAIN_S,
+        "options": {"queue": "control", "expires": max(1.0, 4 * HYPERBENCH_EVENT_DRAIN_S)},
     },
 }
 # A host that has not reported for this long (three heartbeats) is shown as silent.
@@ -242,7 +372,8 @@ HYPERBENCH_HOST_SILENT_S = env.int("HYPERBENCH_HOST_SILENT_S", default=90)
 # --- Artifact store, web side ----------------------------------------------------
 # The API links to run artifacts: file:// ones are streamed by the web process,
 # s3:// ones are presigned (and the report streamed) with the S3 endpoint and
-# keys above (HYPERBENCH_S3_*); the web side never writes artifacts. An artifact
+# keys above (HYPERBENCH_S3_*); the web side never writes artifacts (manage.py
+# prune_predcache deletes old prediction cache entries, with these keys). An artifact
 # is served only when its URI lies under HYPERBENCH_ARTIFACTS_URI or one of these
 # extra s3://bucket/prefix/ roots (say, the prefix runs used before a move).
 HYPERBENCH_ARTIFACTS_S3_ROOTS = [r for r in env.list("HYPERBENCH_ARTIFACTS_S3_ROOTS", default=[]) if r]
@@ -250,3 +381,23 @@ HYPERBENCH_ARTIFACTS_URL_TTL_S = env.int("HYPERBENCH_ARTIFACTS_URL_TTL_S", defau
 if not 1 <= HYPERBENCH_ARTIFACTS_URL_TTL_S <= 7 * 24 * 3600:
     # SigV4 presigned URLs live at most 7 days.
     raise ImproperlyConfigured("HYPERBENCH_ARTIFACTS_URL_TTL_S must be between 1 and 604800 seconds.")
+
+# --- API models: what staff may register ---------------------------------------------
+# An API model's container runs with host networking and sends requests to its
+# endpoint_base_url: link-local and metadata addresses are always refused; loopback,
+# private and other non-public addresses only for these hosts, and loopback never on
+# the platform's own service ports (Redis, PostgreSQL, RabbitMQ, the web server, Flower).
+HYPERBENCH_MODEL_ENDPOINT_ALLOWED_HOSTS = env.list(
+    "HYPERBENCH_MODEL_ENDPOINT_ALLOWED_HOSTS", default=["127.0.0.1", "localhost"]
+)
+HYPERBENCH_MODEL_ENDPOINT_DENIED_PORTS = [
+    int(p)
+    for p in env.list(
+        "HYPERBENCH_MODEL_ENDPOINT_DENIED_PORTS", default=["6379", "5432", "5672", "8000", "5555"]
+    )
+]
+# The variables an API model may read its key from on the host workers: names under these
+# prefixes only (never SECRET_KEY, DATABASE_URL, AWS_*, CELERY_*...).
+HYPERBENCH_MODEL_KEY_ENV_PREFIXES = [
+    p for p in env.list("HYPERBENCH_MODEL_KEY_ENV_PREFIXES", default=["HB_", "HYPERBENCH_MODEL_KEY_"]) if p
+]

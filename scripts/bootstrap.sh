@@ -60,6 +60,8 @@ fi
 
 # --- Redis ----------------------------------------------------------------------
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+# The remote-host test makes its own CA and certificates for a TLS Redis with the openssl CLI.
+command -v openssl >/dev/null 2>&1 || apt_install openssl
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   mkdir -p "$ROOT/var/redis"
   say "starting redis-server on 127.0.0.1:6379"

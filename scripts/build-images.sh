@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the HyperBench images: hyperbench/<name>:<version> and :latest.
 #
-#   scripts/build-images.sh                 # ocr-rapidocr eval report testkit probe ocr-tesseract vlm-openai template web
+#   scripts/build-images.sh                 # ocr-rapidocr table-rapidtable doc-rapid eval report testkit probe ocr-tesseract vlm-openai template web
 #   scripts/build-images.sh vlm-vllm        # GPU hosts only (CUDA + vLLM; not in the default set, see images/vlm-vllm/README.md)
 #   scripts/build-images.sh eval report     # only these
 #   HB_NO_CACHE=1 scripts/build-images.sh   # ignore the layer cache
@@ -20,7 +20,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-ALL_IMAGES=(ocr-rapidocr eval report testkit probe ocr-tesseract vlm-openai template web)
+ALL_IMAGES=(ocr-rapidocr table-rapidtable doc-rapid eval report testkit probe ocr-tesseract vlm-openai template web)
 # web is the control plane's image (docker/web/Dockerfile, built from the repository, not images/).
 CA_FILE="${EXTRA_CA_FILE:-/etc/ssl/certs/ca-certificates.crt}"
 PREFIX="${HB_IMAGE_PREFIX:-hyperbench}"
@@ -57,7 +57,7 @@ for name in "${NAMES[@]}"; do
   start=$(date +%s)
   # Context streamed as a tar: images/ (or, for web, the project's Python packages) + _hb_ca/.
   if [ "$name" = web ]; then
-    context=(-C "$ROOT" pyproject.toml README.md manage.py hyperbench_web apps worker docker/web/Dockerfile)
+    context=(-C "$ROOT" pyproject.toml README.md manage.py hyperbench_web apps worker docker/web/Dockerfile docker/web/hyperbench_flower.py)
     dockerfile=docker/web/Dockerfile
   else
     context=(-C "$ROOT/images" .)

@@ -46,7 +46,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypedDict
 
@@ -381,10 +381,10 @@ def _dump(value: object) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
-def _is_complete(out: Path, count: int, seed: int) -> str | None:
+def _is_complete(out: Path, count: int, info: dict[str, str]) -> str | None:
     """Return the manifest hash if ``out`` already holds this exact dataset."""
     try:
-        if json.loads((out / "dataset.json").read_text("utf-8")) != dataset_info(count, seed):
+        if json.loads((out / "dataset.json").read_text("utf-8")) != info:
             return None
         summary = validate_local(out, verify_hashes=True)
     except (OSError, ValueError, ManifestError):
@@ -392,7 +392,8 @@ def _is_complete(out: Path, count: int, seed: int) -> str | None:
     return summary["manifest_sha256"] if summary["sample_count"] == count else None
 
 
-def _generate(directory: Path, count: int, seed: int) -> str:
+def usable_fonts() -> list[Path]:
+    """:func:`find_fonts`, with a warning on stderr when there are none (Pillow's font stands in)."""
     fonts = find_fonts()
     if not fonts:
         print(
@@ -400,25 +401,36 @@ def _generate(directory: Path, count: int, seed: int) -> str:
             " using Pillow's built-in font",
             file=sys.stderr,
         )
+    return fonts
+
+
+#: One generated sample: its id (also the image's file stem), its image, its other manifest fields.
+Sample = tuple[str, Image.Image, dict[str, object]]
+
+
+def write_samples(directory: Path, info: dict[str, str], samples: Iterable[Sample]) -> str:
+    """Write ``dataset.json`` (``info``), ``images/<id>.png`` and ``manifest.jsonl`` into ``directory``.
+
+    Each manifest line holds the sample's fields plus ``id``, ``image``, ``sha256`` and
+    ``size``, keys sorted. Returns the manifest's sha256. Shared by the sample generators.
+    """
     images = directory / "images"
     images.mkdir()
-    (directory / "dataset.json").write_text(_dump(dataset_info(count, seed)) + "\n", "utf-8")
+    (directory / "dataset.json").write_text(_dump(info) + "\n", "utf-8")
     digest = hashlib.sha256()
     with open(directory / "manifest.jsonl", "w", encoding="utf-8", newline="\n") as manifest:
-        for index in range(count):
-            image, text, category = render_sample(index, seed, fonts)
-            name = f"doc-{index:04d}.png"
+        for sample_id, image, fields in samples:
+            name = f"{sample_id}.png"
             path = images / name
             image.save(path, format="PNG", optimize=False, compress_level=9)
             data = path.read_bytes()
             line = _dump(
                 {
-                    "category": category,
-                    "id": f"doc-{index:04d}",
+                    **fields,
+                    "id": sample_id,
                     "image": f"images/{name}",
                     "sha256": hashlib.sha256(data).hexdigest(),
                     "size": len(data),
-                    "text": text,
                 }
             )
             manifest.write(line + "\n")
@@ -426,6 +438,16 @@ def _generate(directory: Path, count: int, seed: int) -> str:
     for entry in (directory, images):
         entry.chmod(0o755)  # containers read the dataset as a non-root user
     return digest.hexdigest()
+
+
+def _samples(count: int, seed: int, fonts: list[Path]) -> Iterator[Sample]:
+    for index in range(count):
+        image, text, category = render_sample(index, seed, fonts)
+        yield f"doc-{index:04d}", image, {"category": category, "text": text}
+
+
+def _generate(directory: Path, count: int, seed: int) -> str:
+    return write_samples(directory, dataset_info(count, seed), _samples(count, seed, usable_fonts()))
 
 
 def write_dataset(out: Path | str, count: int = DEFAULT_COUNT, seed: int = DEFAULT_SEED) -> WriteResult:
@@ -446,8 +468,21 @@ def write_dataset(out: Path | str, count: int = DEFAULT_COUNT, seed: int = DEFAU
     """
     if count < 1:
         raise ValueError("count must be at least 1")
+    return write_generated(out, dataset_info(count, seed), count, lambda d: _generate(d, count, seed))
+
+
+def write_generated(
+    out: Path | str, info: dict[str, str], count: int, generate: Callable[[Path], str]
+) -> WriteResult:
+    """Write a generated dataset to ``out`` unless it already holds it (shared by the sample generators).
+
+    ``generate(directory)`` writes ``dataset.json`` (equal to ``info``), the manifest and the
+    images into an empty temporary directory and returns the manifest's sha256; the directory
+    is then renamed into place. ``out`` is left alone when it already holds a valid dataset
+    whose ``dataset.json`` equals ``info`` with ``count`` samples.
+    """
     out = Path(out).absolute()
-    existing = _is_complete(out, count, seed)
+    existing = _is_complete(out, count, info)
     if existing is not None:
         return WriteResult(out=str(out), count=count, manifest_sha256=existing, created=False)
     if out.exists() and any(out.iterdir()) and not (out / "dataset.json").exists():
@@ -456,7 +491,7 @@ def write_dataset(out: Path | str, count: int = DEFAULT_COUNT, seed: int = DEFAU
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        sha = _generate(tmp, count, seed)
+        sha = generate(tmp)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.rename(out, old / "data")
@@ -470,18 +505,25 @@ def write_dataset(out: Path | str, count: int = DEFAULT_COUNT, seed: int = DEFAU
     return WriteResult(out=str(out), count=count, manifest_sha256=sha, created=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+def generator_cli(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    write: Callable[[argparse.Namespace], WriteResult],
+    *,
+    count: int,
+    seed: int,
+) -> int:
+    """The command line every sample-dataset generator shares: ``--out``, ``--count`` and
+    ``--seed`` on top of ``parser``'s own arguments, then ``write(args)`` and what it did."""
     parser.add_argument("--out", required=True, type=Path, help="dataset version directory to write")
-    parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help="number of samples (default 60)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="generator seed (default 7)")
+    parser.add_argument("--count", type=int, default=count, help=f"number of samples (default {count})")
+    parser.add_argument("--seed", type=int, default=seed, help=f"generator seed (default {seed})")
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error("--count must be at least 1")
     started = time.monotonic()
     try:
-        result = write_dataset(args.out, args.count, args.seed)
+        result = write(args)
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -490,6 +532,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"samples: {result['count']}")
     print(f"manifest sha256: {result['manifest_sha256']}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    return generator_cli(
+        parser,
+        argv,
+        lambda a: write_dataset(a.out, a.count, a.seed),
+        count=DEFAULT_COUNT,
+        seed=DEFAULT_SEED,
+    )
 
 
 if __name__ == "__main__":

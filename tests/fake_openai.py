@@ -9,10 +9,14 @@ words. Knobs:
 - ``fail_first``: the first N requests get ``fail_statuses`` in turn (503, 429, ...)
 - ``fail_always``: every request gets ``fail_always`` as its status
 - ``delay_s``: each answer is held this long (so concurrency can be observed)
+- ``reply``: when set, every answer is this text (a JSON object for KIE, Markdown for a page)
+- ``reject_response_format``: a request carrying ``response_format`` gets HTTP 400
+  ``response_format is not supported by this model`` (as servers without JSON mode answer)
 
 The server records what it saw: requests, statuses sent, the maximum number
 of requests in flight at once, the Authorization headers, the models asked for,
-and the sha256 of every image it received.
+the sha256 of every image it received, the prompts, and the ``response_format``
+of every request (None where absent), refused ones included.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ class FakeState:
     fail_statuses: tuple[int, ...] = (503, 429)
     fail_always: int = 0
     delay_s: float = 0.0
+    reply: str | None = None
+    reject_response_format: bool = False
     requests: int = 0
     answered: int = 0
     statuses: list[int] = field(default_factory=list)
@@ -46,6 +52,7 @@ class FakeState:
     models: list[str] = field(default_factory=list)
     image_sha256: list[str] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)
+    response_formats: list[Any] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -61,7 +68,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler's name
+    def log_message(self, format: str, *args: Any) -> None:  # BaseHTTPRequestHandler's name
         return
 
     def _send(self, status: int, obj: dict[str, Any], headers: dict[str, str] | None = None) -> None:
@@ -74,7 +81,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+    def do_POST(self) -> None:  # http.server's name
         st = self.server.state
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         with st.lock:
@@ -101,12 +108,19 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(status, {"error": {"message": f"injected {status}"}}, headers)
                 return
             req = json.loads(body)
+            with st.lock:
+                st.response_formats.append(req.get("response_format"))
+            if st.reject_response_format and "response_format" in req:
+                with st.lock:
+                    st.statuses.append(400)
+                self._send(400, {"error": {"message": "response_format is not supported by this model"}})
+                return
             parts = req["messages"][-1]["content"]
             text = "".join(p["text"] for p in parts if p["type"] == "text")
             url = next(p["image_url"]["url"] for p in parts if p["type"] == "image_url")
             assert url.startswith("data:image/"), url[:40]
             image = base64.b64decode(url.split(",", 1)[1])
-            answer = answer_for(text)
+            answer = st.reply if st.reply is not None else answer_for(text)
             with st.lock:
                 st.statuses.append(200)
                 st.answered += 1

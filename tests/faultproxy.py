@@ -170,51 +170,71 @@ class FaultProxy:
             await cwriter.drain()
             return True
         if "content-length" in headers:
-            remaining = int(headers["content-length"])
-            half = remaining // 2
-            sent = 0
-            flipped = False
-            while remaining:
-                chunk = await ureader.read(min(65536, remaining))
-                if not chunk:
-                    return False
-                remaining -= len(chunk)
-                if rule is not None and status in (200, 206):
-                    if rule.kind in ("stall", "truncate") and sent + len(chunk) > half:
-                        cut = chunk[: max(0, half - sent)]
-                        cwriter.write(cut)
-                        self._count(len(cut))
-                        await cwriter.drain()
-                        if rule.kind == "stall":
-                            await asyncio.sleep(rule.stall_s)
-                        _reset(cwriter)
-                        return False
-                    if rule.kind == "corrupt" and not flipped and chunk:
-                        chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
-                        flipped = True
-                    if rule.kind == "slow":
-                        await asyncio.sleep(rule.delay_per_chunk_s)
-                cwriter.write(chunk)
-                sent += len(chunk)
-                self._count(len(chunk))
-                await cwriter.drain()
+            if not await self._relay_sized(ureader, cwriter, int(headers["content-length"]), status, rule):
+                return False
             return headers.get("connection", "").lower() != "close"
         if headers.get("transfer-encoding", "").lower() == "chunked":
-            while True:
-                line = await ureader.readuntil(b"\r\n")
-                size = int(line.split(b";")[0], 16)
-                data = await ureader.readexactly(size + 2)
-                cwriter.write(line + data)
-                self._count(len(line) + len(data))
-                if size == 0:
-                    await cwriter.drain()
-                    return True
+            await self._relay_chunked(ureader, cwriter)
+            return True
         # No framing: the body runs to the end of the connection.
         while chunk := await ureader.read(65536):
             cwriter.write(chunk)
             self._count(len(chunk))
         await cwriter.drain()
         return False
+
+    async def _relay_sized(
+        self,
+        ureader: asyncio.StreamReader,
+        cwriter: asyncio.StreamWriter,
+        remaining: int,
+        status: int,
+        rule: Rule | None,
+    ) -> bool:
+        """Relay a body of ``remaining`` bytes, injecting ``rule``'s fault; False when it was cut short."""
+        half = remaining // 2
+        sent = 0
+        flipped = False
+        while remaining:
+            chunk = await ureader.read(min(65536, remaining))
+            if not chunk:
+                return False
+            remaining -= len(chunk)
+            if rule is not None and status in (200, 206):
+                if rule.kind in ("stall", "truncate") and sent + len(chunk) > half:
+                    await self._cut_at_half(cwriter, chunk[: max(0, half - sent)], rule)
+                    return False
+                if rule.kind == "corrupt" and not flipped and chunk:
+                    chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
+                    flipped = True
+                if rule.kind == "slow":
+                    await asyncio.sleep(rule.delay_per_chunk_s)
+            cwriter.write(chunk)
+            sent += len(chunk)
+            self._count(len(chunk))
+            await cwriter.drain()
+        return True
+
+    async def _cut_at_half(self, cwriter: asyncio.StreamWriter, cut: bytes, rule: Rule) -> None:
+        """Send the body up to its half, stall there for a "stall" rule, then reset the connection."""
+        cwriter.write(cut)
+        self._count(len(cut))
+        await cwriter.drain()
+        if rule.kind == "stall":
+            await asyncio.sleep(rule.stall_s)
+        _reset(cwriter)
+
+    async def _relay_chunked(self, ureader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+        """Relay a chunked body up to and including its last (empty) chunk."""
+        while True:
+            line = await ureader.readuntil(b"\r\n")
+            size = int(line.split(b";")[0], 16)
+            data = await ureader.readexactly(size + 2)
+            cwriter.write(line + data)
+            self._count(len(line) + len(data))
+            if size == 0:
+                await cwriter.drain()
+                return
 
     def _count(self, n: int) -> None:
         with self._lock:

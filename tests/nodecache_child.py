@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from worker.errors import HostError  # noqa: E402
-from worker.nodecache import CacheSettings, NodeCache, S3Settings  # noqa: E402
+from worker.errors import HostError
+from worker.nodecache import CacheSettings, NodeCache, S3Settings
 
 ACCESS_KEY = "hbtest-access"
 SECRET_KEY = "hbtest-secret-key"

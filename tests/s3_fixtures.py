@@ -19,7 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,35 +64,55 @@ def weed_binary() -> str:
     return found
 
 
-class SeaweedS3:
-    """``weed server -s3`` on loopback with one admin identity."""
+ADMIN_IDENTITY: dict[str, Any] = {
+    "name": "admin",
+    "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+}
 
-    def __init__(self, workdir: Path | None = None) -> None:
+
+@dataclass(frozen=True)
+class S3Tls:
+    """HTTPS on the S3 port: the server's certificate and key, and the CA that signed them."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+class SeaweedS3:
+    """``weed server -s3`` on loopback with one admin identity (and any ``identities`` more).
+
+    With ``tls``, the S3 port speaks HTTPS only (weed's ``-s3.cert.file``/``-s3.key.file``).
+    """
+
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        *,
+        identities: list[dict[str, Any]] | None = None,
+        tls: S3Tls | None = None,
+    ) -> None:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="hb-weed-"))
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.identities = [ADMIN_IDENTITY, *(identities or [])]
+        self.tls = tls
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def config(self) -> Path:
+        """The ``-s3.config`` file the server was started with."""
+        return self.workdir / "s3.json"
 
     def start(self, timeout_s: float = 60) -> SeaweedS3:
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
-        config = self.workdir / "s3.json"
-        config.write_text(
-            json.dumps(
-                {
-                    "identities": [
-                        {
-                            "name": "admin",
-                            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                        }
-                    ]
-                }
-            )
-        )
+        config = self.config
+        config.write_text(json.dumps({"identities": self.identities}, indent=1))
         p = _free_ports(8)
         self.port = p[6]
         cmd = [
@@ -115,6 +137,8 @@ class SeaweedS3:
             "-master.volumeSizeLimitMB=256",
             "-volume.max=400",
         ]
+        if self.tls is not None:
+            cmd += [f"-s3.cert.file={self.tls.cert}", f"-s3.key.file={self.tls.key}"]
         log = open(self.workdir / "weed.log", "wb")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True
@@ -139,12 +163,14 @@ class SeaweedS3:
         raise RuntimeError(f"SeaweedFS did not start on 127.0.0.1:{self.port} ({last}); log tail:\n{tail}")
 
     def client(self, endpoint: str | None = None) -> Any:
+        """The admin's client (over HTTPS, it trusts the test's CA only)."""
         return boto3.client(
             "s3",
             endpoint_url=endpoint or self.endpoint,
             aws_access_key_id=ACCESS_KEY,
             aws_secret_access_key=SECRET_KEY,
             region_name=REGION,
+            verify=str(self.tls.ca) if self.tls else None,
             config=Config(
                 s3={"addressing_style": "path"},
                 retries={"max_attempts": 2},
@@ -164,6 +190,23 @@ class SeaweedS3:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_bucket(server: SeaweedS3, prefix: str) -> Iterator[str]:
+    """A bucket of the test's own, emptied (objects and unfinished uploads) and removed afterwards."""
+    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    client = server.client()
+    client.create_bucket(Bucket=name)
+    try:
+        yield name
+    finally:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+            for obj in page.get("Contents", []):
+                client.delete_object(Bucket=name, Key=obj["Key"])
+        for up in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
+            client.abort_multipart_upload(Bucket=name, Key=up["Key"], UploadId=up["UploadId"])
+        client.delete_bucket(Bucket=name)
 
 
 def make_dataset(
@@ -230,7 +273,7 @@ def s3_server() -> Iterator[SeaweedS3]:
 
 
 @pytest.fixture(scope="session")
-def _proxy(s3_server: SeaweedS3) -> Iterator[FaultProxy]:
+def session_proxy(s3_server: SeaweedS3) -> Iterator[FaultProxy]:
     proxy = FaultProxy("127.0.0.1", s3_server.port).start()
     try:
         yield proxy
@@ -239,8 +282,8 @@ def _proxy(s3_server: SeaweedS3) -> Iterator[FaultProxy]:
 
 
 @pytest.fixture
-def s3_proxy(_proxy: FaultProxy) -> Iterator[FaultProxy]:
+def s3_proxy(session_proxy: FaultProxy) -> Iterator[FaultProxy]:
     """The counting, fault-injecting proxy in front of the server, reset for each test."""
-    _proxy.reset()
-    yield _proxy
-    _proxy.reset()
+    session_proxy.reset()
+    yield session_proxy
+    session_proxy.reset()

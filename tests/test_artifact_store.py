@@ -17,14 +17,15 @@ from typing import Any
 
 import pytest
 import requests
-from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.models import User
 from faultproxy import FaultProxy, Rule
 from rest_framework.test import APIClient
-from s3_fixtures import ACCESS_KEY, REGION, SECRET_KEY, SeaweedS3
+from s3_fixtures import ACCESS_KEY, REGION, SECRET_KEY, SeaweedS3, scratch_bucket
 
 from apps.catalog.models import Dataset, ModelImage
 from apps.runs import artifacts as web_artifacts
 from apps.runs.models import Experiment, Run, RunShard
+from tests.conftest import streamed
 from worker import contract
 from worker.errors import HostError
 from worker.storage import Artifacts, FileStore, S3Store, S3StoreSettings
@@ -43,17 +44,8 @@ def _settings(endpoint: str, roots: tuple[str, ...], **kw: Any) -> S3StoreSettin
 
 @pytest.fixture
 def bucket(s3_server: SeaweedS3) -> Iterator[str]:
-    """A bucket of the test's own, emptied and removed afterwards."""
-    name = f"hb-art-{uuid.uuid4().hex[:10]}"
-    client = s3_server.client()
-    client.create_bucket(Bucket=name)
-    yield name
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-        for obj in page.get("Contents", []):
-            client.delete_object(Bucket=name, Key=obj["Key"])
-    for up in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
-        client.abort_multipart_upload(Bucket=name, Key=up["Key"], UploadId=up["UploadId"])
-    client.delete_bucket(Bucket=name)
+    with scratch_bucket(s3_server, "hb-art") as name:
+        yield name
 
 
 def _keys(s3_server: SeaweedS3, bucket: str) -> list[str]:
@@ -223,7 +215,8 @@ def test_wrong_keys_are_a_permanent_error_that_names_the_setting(
     with pytest.raises(HostError) as e:
         S3Store(wrong).put_file(_blob(tmp_path, "m.json", 10), f"s3://{bucket}/runs/1/m.json")
 
-    assert e.value.permanent and "AWS_SECRET_ACCESS_KEY" in str(e.value), e.value
+    assert e.value.permanent, e.value
+    assert "AWS_SECRET_ACCESS_KEY" in str(e.value), e.value
     assert _keys(s3_server, bucket) == []
 
 
@@ -259,7 +252,8 @@ def test_a_reader_sees_a_whole_artifact_or_the_previous_one_never_a_mix(
         stop.set()
         reader.join(timeout=60)
 
-    assert seen and set(seen) <= digests
+    assert seen
+    assert set(seen) <= digests
     if scheme == "file":
         assert not [p for p in (root / "runs" / "9").iterdir() if p.name.endswith(".part")]
 
@@ -306,7 +300,7 @@ def web_s3(settings: Any, s3_server: SeaweedS3, bucket: str) -> str:
     return str(settings.HYPERBENCH_ARTIFACTS_URI)
 
 
-def _succeeded_run(owner: AbstractUser, base: str, shards: int = 1) -> Run:
+def _succeeded_run(owner: User, base: str, shards: int = 1) -> Run:
     dataset = Dataset.objects.create(
         name=f"docs-{uuid.uuid4().hex[:6]}",
         version="1",
@@ -361,7 +355,7 @@ def _publish_all(run: Run, store: Artifacts, tmp_path: Path) -> dict[str, bytes]
 
 
 def test_the_api_links_every_s3_artifact_of_a_run_with_a_presigned_url_that_downloads_it(
-    web_s3: str, s3_server: SeaweedS3, bucket: str, alice: AbstractUser, as_alice: APIClient, tmp_path: Path
+    web_s3: str, s3_server: SeaweedS3, bucket: str, alice: User, as_alice: APIClient, tmp_path: Path
 ) -> None:
     run = _succeeded_run(alice, web_s3)
     store = Artifacts(FileStore([tmp_path]), S3Store(_settings(s3_server.endpoint, (web_s3,))))
@@ -371,11 +365,13 @@ def test_the_api_links_every_s3_artifact_of_a_run_with_a_presigned_url_that_down
 
     assert r.status_code == 200, r.content
     body = r.json()
-    assert body["run"] == run.pk and body["expires_in"] == 120
+    assert body["run"] == run.pk
+    assert body["expires_in"] == 120
     links = body["artifacts"]
     assert set(links) == set(published)
     for name, url in links.items():
-        assert "X-Amz-Signature=" in url and "X-Amz-Expires=120" in url
+        assert "X-Amz-Signature=" in url
+        assert "X-Amz-Expires=120" in url
         got = requests.get(url, timeout=10)
         assert got.status_code == 200, (name, got.text[:300])
         assert got.content == published[name], name
@@ -389,11 +385,11 @@ def test_the_api_links_every_s3_artifact_of_a_run_with_a_presigned_url_that_down
     assert one.status_code == 302
     assert requests.get(one["Location"], timeout=10).content == published["logs/infer/shard-0/attempt-2.log"]
     report = as_alice.get(f"/api/v1/runs/{run.pk}/report/")
-    assert report.status_code == 200 and b"".join(report.streaming_content) == published["report"]
+    assert report.status_code == 200
+    assert streamed(report) == published["report"]
     # What a model wrote reaches the viewer's browser sandboxed: no cookies, no script, no fetch.
-    assert report["Content-Security-Policy"].startswith("sandbox;") and "script-src" not in report[
-        "Content-Security-Policy"
-    ]
+    assert report["Content-Security-Policy"].startswith("sandbox;")
+    assert "script-src" not in report["Content-Security-Policy"]
     assert report["X-Content-Type-Options"] == "nosniff"
     assert (
         as_alice.get(f"/api/v1/runs/{run.pk}/")
@@ -403,7 +399,7 @@ def test_the_api_links_every_s3_artifact_of_a_run_with_a_presigned_url_that_down
 
 
 def test_a_run_outside_the_configured_store_gets_no_links_and_an_outsider_gets_no_run(
-    web_s3: str, alice: AbstractUser, as_alice: APIClient, as_bob: APIClient, bucket: str
+    web_s3: str, alice: User, as_alice: APIClient, as_bob: APIClient, bucket: str
 ) -> None:
     run = _succeeded_run(alice, f"s3://{bucket}-elsewhere/hb/")
 
@@ -415,7 +411,7 @@ def test_a_run_outside_the_configured_store_gets_no_links_and_an_outsider_gets_n
 
 
 def test_file_artifacts_are_served_by_the_api_itself(
-    settings: Any, alice: AbstractUser, as_alice: APIClient, as_bob: APIClient, tmp_path: Path
+    settings: Any, alice: User, as_alice: APIClient, as_bob: APIClient, tmp_path: Path
 ) -> None:
     root = tmp_path / "artifacts"
     settings.HYPERBENCH_ARTIFACTS_URI = root.as_uri() + "/"
@@ -429,7 +425,8 @@ def test_file_artifacts_are_served_by_the_api_itself(
     for name, url in links.items():
         assert url.startswith("http://testserver/api/v1/runs/")
         r = as_alice.get(url)
-        assert r.status_code == 200 and b"".join(r.streaming_content) == published[name], name
+        assert r.status_code == 200, name
+        assert streamed(r) == published[name], name
     assert as_bob.get(links["metrics"]).status_code == 404
     assert as_alice.get(f"/api/v1/runs/{run.pk}/artifacts/logs/infer/escape.log/").status_code == 404
     assert as_alice.get(f"/api/v1/runs/{run.pk}/artifacts/../../etc/passwd/").status_code == 404

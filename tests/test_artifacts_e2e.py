@@ -28,7 +28,9 @@ from tests.conftest import (
     echo_dataset,
     register_model,
     start_run,
+    streamed,
     wait_for_run,
+    wait_hosts,
 )
 from worker import contract
 from worker.nodecache import MARKER
@@ -156,9 +158,11 @@ def test_a_run_on_an_s3_artifact_store_publishes_attempt_keyed_artifacts_the_api
     assert [s.predictions_uri for s in shards] == [
         base + contract.shard_predictions_key(k, 1) for k in (0, 1)
     ]
-    assert run.predictions_uri == base + "predictions.jsonl" and run.report_uri == base + "report.html"
+    assert run.predictions_uri == base + "predictions.jsonl"
+    assert run.report_uri == base + "report.html"
     merged = [json.loads(x) for x in _get(s3_server, run.predictions_uri).splitlines()]
-    assert sorted(p["id"] for p in merged) == sorted({p["id"] for p in merged}) and len(merged) == 5
+    assert sorted(p["id"] for p in merged) == sorted({p["id"] for p in merged})
+    assert len(merged) == 5
     assert not (roots["artifacts"] / "runs" / str(run.pk)).exists()
 
     r = as_alice.get(data["artifacts_url"])
@@ -188,7 +192,8 @@ def test_a_run_on_an_s3_artifact_store_publishes_attempt_keyed_artifacts_the_api
         assert got.content == _get(s3_server, expected[name]), name
     assert json.loads(requests.get(links["metrics"], timeout=10).content)["n"] == 5
     report = as_alice.get(f"/api/v1/runs/{run.pk}/report/")
-    assert report.status_code == 200 and b"<svg" in b"".join(report.streaming_content)
+    assert report.status_code == 200
+    assert b"<svg" in streamed(report)
 
 
 def test_a_retried_shard_is_evaluated_from_its_own_attempt_never_mixed_with_an_earlier_one(
@@ -235,20 +240,23 @@ def test_a_retried_shard_is_evaluated_from_its_own_attempt_never_mixed_with_an_e
 
     assert data["state"] == "succeeded", data["error_reason"]
     shard = RunShard.objects.get(run=run, index=0)
-    assert shard.attempt == 2 and shard.predictions_uri == base + contract.shard_predictions_key(0, 2)
+    assert shard.attempt == 2
+    assert shard.predictions_uri == base + contract.shard_predictions_key(0, 2)
     merged = [json.loads(x) for x in _get(s3_server, base + "predictions.jsonl").splitlines()]
     assert sorted(p["id"] for p in merged) == sorted(ids)
     assert all(p["prediction"] == p["id"] for p in merged), "attempt 1's predictions were evaluated"
     assert _get(s3_server, base + contract.shard_predictions_key(0, 1)) == stale  # left as it was
     # Attempt 1's redelivered message re-announced its output; the control side recorded it and moved on.
     announced = [
-        (ev.data or {}).get("predictions_uri")
+        str((ev.data or {}).get("predictions_uri"))
         for ev in RunEvent.objects.filter(run=run, kind="shard_succeeded").order_by("id")
     ]
     assert sorted(announced) == sorted(
         [base + contract.shard_predictions_key(0, 1), base + contract.shard_predictions_key(0, 2)]
     )
-    assert Run.objects.get(pk=run_id).metrics["n"] == 4
+    metrics = Run.objects.get(pk=run_id).metrics
+    assert metrics is not None
+    assert metrics["n"] == 4
 
 
 # --- datasets on S3: registered through the API, synced by the host before the run ------------
@@ -261,7 +269,8 @@ def _s3_echo_experiment(
     register_model(staff, "echo", f"hyperbench/testkit:{IMAGE_VERSION}", images["testkit"])
     r = owner.post("/api/v1/datasets/", {"uri": ref["uri"]}, format="json")
     assert r.status_code == 201, r.content
-    assert r.json()["sample_count"] == count and r.json()["total_bytes"] == count * 3000
+    assert r.json()["sample_count"] == count
+    assert r.json()["total_bytes"] == count * 3000
     return create_experiment(owner, "echo", r.json()["id"], name="echo on s3"), ref
 
 
@@ -280,13 +289,15 @@ def test_a_run_on_an_s3_dataset_syncs_it_into_the_node_cache_first_and_succeeds(
     assert data["state"] == "succeeded", data["error_reason"]
     assert data["metrics"]["n"] == 12
     vdir = workers.var_dir / "cache" / "datasets" / ref["name"] / ref["manifest_sha256"]
-    assert (vdir / MARKER).is_file(), "the version is sealed in the node cache"
+    for shard in (0, 1):
+        assert (vdir / f"{MARKER}.shard-{shard}-of-2").is_file(), "each shard's part is sealed"
     assert len(list((vdir / "images").rglob("*.png"))) == 12
-    # Two shards, one host: the first syncs (12 objects fetched), the second finds the version
-    # sealed; evaluation (shard null) reads the same sealed version.
+    # Two shards, one host: each syncs its own six samples' objects; evaluation (shard null)
+    # reads the manifest only.
     ticks = {t["shard"]: t for t in data["sync"] if t["shard"] is not None}
-    assert sorted(ticks) == [0, 1] and all(t["phase"] == "done" for t in ticks.values()), data["sync"]
-    assert sorted(t["fetched_files"] for t in ticks.values()) == [0, 12], data["sync"]
+    assert sorted(ticks) == [0, 1], data["sync"]
+    assert all(t["phase"] == "done" for t in ticks.values()), data["sync"]
+    assert [t["fetched_files"] for t in ticks.values()] == [6, 6], data["sync"]
 
 
 def test_a_dataset_that_lost_an_object_fails_the_run_clearly_and_mounts_nothing(
@@ -304,10 +315,45 @@ def test_a_dataset_that_lost_an_object_fails_the_run_clearly_and_mounts_nothing(
     data = wait_for_run(as_alice, start_run(as_alice, exp), timeout_s=300)
 
     assert data["state"] == "failed"
-    assert "doc-00003.png" in data["error_reason"] and "does not exist" in data["error_reason"], data[
-        "error_reason"
-    ]
+    assert "doc-00003.png" in data["error_reason"], data["error_reason"]
+    assert "does not exist" in data["error_reason"], data["error_reason"]
     vdir = workers.var_dir / "cache" / "datasets" / ref["name"] / ref["manifest_sha256"]
     assert not (vdir / MARKER).exists(), "an incomplete version is never sealed"
     assert data["shards"][0]["state"] == "failed"
     assert not Run.objects.get(pk=data["id"]).predictions_uri, "nothing ran on a partial dataset"
+
+
+# Last in the module: from here on the module's stack has three host workers.
+def test_an_s3_dataset_run_over_three_hosts_syncs_on_each_and_scores_as_on_one(
+    web_s3: str,
+    cluster: Stack,
+    s3_server: SeaweedS3,
+    as_staff: APIClient,
+    as_alice: APIClient,
+    images: dict[str, str],
+) -> None:
+    hosts = [cluster.hostname(n) for n in cluster.host_names]
+    wait_hosts(hosts)
+    exp, ref = _s3_echo_experiment(s3_server, as_staff, as_alice, images, "scans-cluster/", count=12)
+
+    spread = wait_for_run(as_alice, start_run(as_alice, exp, shards=3), timeout_s=300)
+    assert spread["state"] == "succeeded", spread["error_reason"]
+    assert {s["host"] for s in spread["shards"]} == set(hosts), "one shard on each host"
+    # Each host synced its shard's samples, and only those, into its own node cache
+    # (host: <var>/cache, hostN: <var>/hosts/<name>/): the three fetched the dataset once between them.
+    caches = {hosts[0]: cluster.var_dir / "cache"} | {
+        h: cluster.var_dir / "hosts" / h / "cache" for h in hosts[1:]
+    }
+    syncs = {row["shard"]: row for row in as_alice.get(f"/api/v1/runs/{spread['id']}/").json()["sync"]}
+    for shard in spread["shards"]:
+        row = syncs[shard["index"]]
+        assert row["phase"] == "done", row
+        assert row["files_total"] == row["fetched_files"] == 4, row
+        vdir = caches[shard["host"]] / "datasets" / ref["name"] / ref["manifest_sha256"]
+        assert (vdir / f"{MARKER}.shard-{shard['index']}-of-3").is_file(), f"shard not sealed in {vdir}"
+
+    single = wait_for_run(as_alice, start_run(as_alice, exp, shards=1), timeout_s=300)
+    assert single["state"] == "succeeded", single["error_reason"]
+    merged = [json.loads(x)["id"] for x in _get(s3_server, spread["predictions_uri"]).splitlines()]
+    assert len(merged) == len(set(merged)) == 12, "every sample predicted exactly once"
+    assert spread["metrics"]["metrics"] == single["metrics"]["metrics"]

@@ -13,7 +13,8 @@ import sys
 # Make Django (and the web side) unimportable: any import of them raises ImportError.
 for name in ("django", "rest_framework", "apps", "hyperbench_web"):
     sys.modules[name] = None
-import worker.tasks, worker.containers, worker.datasync, worker.storage, worker.gpus, worker.manifest
+import worker.tasks, worker.stagekit, worker.inference, worker.systemstages
+import worker.containers, worker.datasync, worker.storage, worker.gpus, worker.manifest
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("django", "apps", "hyperbench_web")
                 and sys.modules[m] is not None)
 print("LOADED", loaded)

@@ -7,12 +7,12 @@ import time
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import AbstractUser, Permission
+from django.contrib.auth.models import Permission, User
 from django.test import Client
 from rest_framework.test import APIClient
 
+from apps.runs.comparisons import comparison_record
 from apps.runs.models import Comparison, Run
-from apps.runs.services import comparison_record
 from hyperbench_web.devstack import Stack
 from tests.conftest import (
     create_experiment,
@@ -43,7 +43,7 @@ def _spec(run: Run) -> Run:
 
 
 def test_two_succeeded_runs_on_one_dataset_version_are_queued_for_comparison(
-    as_alice: APIClient, alice: AbstractUser
+    as_alice: APIClient, alice: User
 ) -> None:
     ds = _dataset("invoices")
     a, b = (
@@ -55,12 +55,11 @@ def test_two_succeeded_runs_on_one_dataset_version_are_queued_for_comparison(
 
     assert r.status_code == 201, r.content
     cmp = Comparison.objects.get()
-    assert cmp.run_ids == [b.pk, a.pk] and cmp.state == "queued"
+    assert cmp.run_ids == [b.pk, a.pk]
+    assert cmp.state == "queued"
 
 
-def test_runs_on_different_dataset_versions_are_not_compared(
-    as_alice: APIClient, alice: AbstractUser
-) -> None:
+def test_runs_on_different_dataset_versions_are_not_compared(as_alice: APIClient, alice: User) -> None:
     a = _spec(_run(alice, _dataset("invoices"), "rapidocr", {"cer": 0.02}))
     other = _dataset("receipts")
     Run.objects.filter(pk=a.pk).update(manifest_sha256="b" * 64)
@@ -68,12 +67,13 @@ def test_runs_on_different_dataset_versions_are_not_compared(
 
     r = as_alice.post("/api/v1/comparisons/", {"runs": [a.pk, b.pk]}, format="json")
 
-    assert r.status_code == 400 and "different dataset versions" in r.json()["detail"]
+    assert r.status_code == 400
+    assert "different dataset versions" in r.json()["detail"]
     assert not Comparison.objects.exists()
 
 
 def test_unfinished_runs_and_other_peoples_runs_are_refused(
-    as_alice: APIClient, as_bob: APIClient, alice: AbstractUser
+    as_alice: APIClient, as_bob: APIClient, alice: User
 ) -> None:
     ds = _dataset("invoices")
     a, b = (
@@ -86,13 +86,15 @@ def test_unfinished_runs_and_other_peoples_runs_are_refused(
     foreign = as_bob.post("/api/v1/comparisons/", {"runs": [a.pk, b.pk]}, format="json")
     single = as_alice.post("/api/v1/comparisons/", {"runs": [a.pk]}, format="json")
 
-    assert unfinished.status_code == 400 and "Only succeeded runs" in unfinished.json()["detail"]
-    assert foreign.status_code == 400 and "Not found" in str(foreign.json())
+    assert unfinished.status_code == 400
+    assert "Only succeeded runs" in unfinished.json()["detail"]
+    assert foreign.status_code == 400
+    assert "Not found" in str(foreign.json())
     assert single.status_code == 400
     assert not Comparison.objects.exists()
 
 
-def test_the_hosts_answer_finishes_a_comparison_once(alice: AbstractUser) -> None:
+def test_the_hosts_answer_finishes_a_comparison_once(alice: User) -> None:
     ds = _dataset("invoices")
     cmp = Comparison.objects.create(run_ids=[1, 2], dataset=ds)
 
@@ -102,10 +104,12 @@ def test_the_hosts_answer_finishes_a_comparison_once(alice: AbstractUser) -> Non
     comparison_record(result={"comparison_id": cmp.pk, "ok": False, "host": "h2", "reason": "late duplicate"})
 
     cmp.refresh_from_db()
-    assert cmp.state == "succeeded" and cmp.report_uri == "file:///r.html" and cmp.error_reason == ""
+    assert cmp.state == "succeeded"
+    assert cmp.report_uri == "file:///r.html"
+    assert cmp.error_reason == ""
 
 
-def _admin(staff: AbstractUser) -> Client:
+def _admin(staff: User) -> Client:
     """A browser logged in as a staff member who may see and change runs in the admin."""
     staff.user_permissions.add(*Permission.objects.filter(content_type__app_label="runs"))
     web = Client()
@@ -124,7 +128,7 @@ def _compare_in_the_admin(web: Client, runs: list[Run]) -> str:
     return str(r.content.decode())
 
 
-def test_staff_compare_two_runs_from_the_run_list(staff: AbstractUser, alice: AbstractUser) -> None:
+def test_staff_compare_two_runs_from_the_run_list(staff: User, alice: User) -> None:
     ds = _dataset("invoices")
     b = _spec(_run(alice, ds, "tesseract", {"cer": 0.08}))
     a = _spec(_run(alice, ds, "rapidocr", {"cer": 0.02}))
@@ -133,11 +137,14 @@ def test_staff_compare_two_runs_from_the_run_list(staff: AbstractUser, alice: Ab
     page = _compare_in_the_admin(web, [a, b])
 
     cmp = Comparison.objects.get()
-    assert cmp.run_ids == sorted([a.pk, b.pk]) and cmp.state == "queued" and cmp.created_by == staff
-    assert "Queued" in page and f"/admin/runs/comparison/{cmp.pk}/change/" in page
+    assert cmp.run_ids == sorted([a.pk, b.pk])
+    assert cmp.state == "queued"
+    assert cmp.created_by == staff
+    assert "Queued" in page
+    assert f"/admin/runs/comparison/{cmp.pk}/change/" in page
 
 
-def test_the_admin_compare_action_says_why_it_refuses(staff: AbstractUser, alice: AbstractUser) -> None:
+def test_the_admin_compare_action_says_why_it_refuses(staff: User, alice: User) -> None:
     a = _spec(_run(alice, _dataset("invoices"), "rapidocr", {"cer": 0.02}))
     b = _spec(_run(alice, _dataset("receipts"), "tesseract", {"cer": 0.08}))
     Run.objects.filter(pk=b.pk).update(manifest_sha256="b" * 64)
@@ -156,7 +163,7 @@ def test_a_comparison_started_in_the_admin_ends_with_its_report(
     platform: Stack,
     as_staff: APIClient,
     as_alice: APIClient,
-    staff: AbstractUser,
+    staff: User,
     roots: dict[str, Path],
     images: dict[str, str],
 ) -> None:
@@ -184,9 +191,12 @@ def test_a_comparison_started_in_the_admin_ends_with_its_report(
     assert f"/api/v1/comparisons/{cmp.pk}/report/" in detail  # the admin links the report
     report = as_staff.get(f"/api/v1/comparisons/{cmp.pk}/report/")
     assert report.status_code == 200
-    html = (b"".join(report.streaming_content) if report.streaming else report.content).decode()
-    assert f"echo · run {run_ids[0]}" in html and f"echo · run {run_ids[1]}" in html
-    assert "Paired bootstrap" in html and "<svg" in html
+    html = report.getvalue().decode()
+    assert f"echo · run {run_ids[0]}" in html
+    assert f"echo · run {run_ids[1]}" in html
+    assert "Paired bootstrap" in html
+    assert "<svg" in html
     # Each run's row carries the throughput its own report shows, not a dash.
     rows = re.findall(r"<tr><td>[AB]</td>.*?</tr>", html, re.S)
-    assert len(rows) == 2 and all(re.search(r"<td class=num>[0-9.,]+</td></tr>$", r) for r in rows), rows
+    assert len(rows) == 2, rows
+    assert all(re.search(r"<td class=num>[0-9.,]+</td></tr>$", r) for r in rows), rows

@@ -356,7 +356,8 @@ def test_a_driver_that_fails_to_initialise_is_a_host_with_no_gpus(
 ) -> None:
     driver = fake_nvml(basic(), init_error=pynvml.NVMLError_DriverNotLoaded())
 
-    assert list_gpus() == [] and list_gpus() == []
+    assert list_gpus() == []
+    assert list_gpus() == []
     assert driver.calls == {"nvmlInit": 1}  # tried once, never asked for devices
     assert GpuAllocator(tmp_path).acquire(1) is None
 
@@ -371,7 +372,8 @@ def test_it_takes_the_lowest_idle_gpus(tmp_path: Path) -> None:
     assert lease.indices == [0]
     assert lease.uuids == ["GPU-00000000-aaaa-bbbb-cccc-000000000000"]
     second = allocator.acquire(1)
-    assert second is not None and second.indices == [1]
+    assert second is not None
+    assert second.indices == [1]
     assert allocator.acquire(1) is None  # both held now
     lease.release()
     second.release()
@@ -388,7 +390,8 @@ def test_two_idle_gpus_can_be_taken_together(tmp_path: Path) -> None:
 def test_it_skips_a_gpu_whose_memory_is_in_use(tmp_path: Path) -> None:
     allocator = GpuAllocator(tmp_path, reader_of(gpu(0, used_mb=9_000), gpu(1, used_mb=300)))
     lease = allocator.acquire(1)
-    assert lease is not None and lease.indices == [1]
+    assert lease is not None
+    assert lease.indices == [1]
     assert allocator.acquire(1) is None
     assert allocator.acquire(1, max_memory_used_fraction=0.9) is not None  # a looser threshold
 
@@ -408,7 +411,8 @@ def test_it_takes_nothing_when_fewer_gpus_than_asked_are_free(tmp_path: Path) ->
     assert allocator.acquire(2) is None
     # Nothing stays held after a failed attempt: the one free GPU is still free.
     lease = allocator.acquire(1)
-    assert lease is not None and lease.indices == [0]
+    assert lease is not None
+    assert lease.indices == [0]
 
 
 def test_it_takes_nothing_when_the_host_has_fewer_gpus_than_asked(tmp_path: Path) -> None:
@@ -426,14 +430,15 @@ def test_zero_gpus_is_an_empty_lease_without_reading_nvml(tmp_path: Path) -> Non
 
 
 def test_a_negative_count_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="cannot acquire -1 GPUs"):
         GpuAllocator(tmp_path, reader_of(gpu(0))).acquire(-1)
 
 
 def test_release_is_idempotent(tmp_path: Path) -> None:
     allocator = GpuAllocator(tmp_path, reader_of(gpu(0)))
     lease = allocator.acquire(1)
-    assert lease is not None and lease.held
+    assert lease is not None
+    assert lease.held
     lease.release()
     lease.release()
     assert not lease.held
@@ -444,10 +449,12 @@ def test_allocators_sharing_a_lock_dir_never_share_a_gpu(tmp_path: Path) -> None
     devices = reader_of(gpu(0), gpu(1), gpu(2))
     first, second = GpuAllocator(tmp_path, devices), GpuAllocator(tmp_path, devices)
     a, b = first.acquire(2), second.acquire(2)
-    assert a is not None and a.indices == [0, 1]
+    assert a is not None
+    assert a.indices == [0, 1]
     assert b is None
     c = second.acquire(1)
-    assert c is not None and c.indices == [2]
+    assert c is not None
+    assert c.indices == [2]
 
 
 # --------------------------------------------------------------------------- across processes

@@ -22,7 +22,7 @@ from typing import Any
 import docker
 import pytest
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.models import User
 from django.test import Client
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -40,10 +40,11 @@ from tests.conftest import (
     register_dataset,
     register_model,
     start_run,
+    stored_artifact,
     wait_for_run,
 )
 from tests.test_leaderboard import _dataset
-from worker import containers, events, tasks
+from worker import containers, events, stagekit, tasks
 from worker.errors import HostError
 
 MiB = 1024 * 1024
@@ -75,7 +76,7 @@ def _job(base: Path, params: dict[str, Any]) -> Path:
     (base / "params.json").write_text(json.dumps({"params": params, "prompt": "", "task": "ocr"}))
     out = base / "output"
     out.mkdir()
-    os.chown(out, tasks.CONTAINER_UID, tasks.CONTAINER_UID)
+    os.chown(out, stagekit.CONTAINER_UID, stagekit.CONTAINER_UID)
     data.chmod(0o755)  # the bind mount itself needs no traversal of base's parents
     return base
 
@@ -141,7 +142,7 @@ def _probe(
 @pytest.fixture(scope="module")
 def probe(
     tmp_path_factory: pytest.TempPathFactory, images: dict[str, str], docker_client: docker.DockerClient
-) -> Iterator[dict[str, Any]]:
+) -> dict[str, Any]:
     """The probe's findings under the default hardening, run once for the module.
 
     The host listens on a loopback port the probe then tries to reach, so a
@@ -162,7 +163,7 @@ def probe(
         for c in left:
             c.remove(force=True)
     assert not left, "the launcher left the probe's container behind"
-    yield findings
+    return findings
 
 
 # --- what the probe finds -----------------------------------------------------------------
@@ -173,7 +174,9 @@ docker_test = pytest.mark.docker
 @docker_test
 def test_the_container_has_no_capabilities_and_cannot_gain_any(probe: dict[str, Any]) -> None:
     assert probe["cap_eff"] == 0
-    assert probe["cap_prm"] == 0 and probe["cap_bnd"] == 0 and probe["cap_amb"] == 0
+    assert probe["cap_prm"] == 0
+    assert probe["cap_bnd"] == 0
+    assert probe["cap_amb"] == 0
     assert probe["no_new_privs"] == 1
     assert probe["seccomp"] == 2  # docker's default filter is on
     assert probe["setuid_root"] is False
@@ -268,7 +271,8 @@ def test_the_probe_does_see_a_listener_when_networking_is_granted(
     finally:
         srv.close()
     assert findings["tcp_loopback"] == {"connected": True, "error": None}
-    assert findings["cap_eff"] == 0 and findings["uid"] == 10001
+    assert findings["cap_eff"] == 0
+    assert findings["uid"] == 10001
 
 
 # --- failures the launcher must turn into reasons ----------------------------------------
@@ -284,9 +288,11 @@ def test_a_container_past_its_memory_limit_is_reported_as_out_of_memory(
     result = containers.run(spec, tick_s=0.5)
 
     assert result.oom_killed is True, (result.exit_code, result.log_tail)
-    assert result.exit_code == 137 and result.timed_out is False
+    assert result.exit_code == 137
+    assert result.timed_out is False
     reason = containers.describe_failure("Model container testkit", result, spec.timeout_s, 128)
-    assert "ran out of memory" in reason and "128 MB" in reason
+    assert "ran out of memory" in reason
+    assert "128 MB" in reason
 
 
 @docker_test
@@ -301,7 +307,8 @@ def test_a_container_that_ignores_sigterm_is_stopped_killed_and_removed_at_its_d
 
     result = containers.run(spec, tick_s=0.5)
 
-    assert result.timed_out is True and result.exit_code == 137
+    assert result.timed_out is True
+    assert result.exit_code == 137
     assert 3 <= result.duration_s < 30
     assert "ran past its 3s deadline" in containers.describe_failure("m", result, 3, 128)
     # The engine's own record: SIGTERM first, SIGKILL after the grace, then gone.
@@ -315,7 +322,8 @@ def test_a_container_that_ignores_sigterm_is_stopped_killed_and_removed_at_its_d
         )
     ]
     actions = [a for a, _ in seen]
-    assert ("kill", "15") in seen and ("kill", "9") in seen, seen
+    assert ("kill", "15") in seen, seen
+    assert ("kill", "9") in seen, seen
     assert seen.index(("kill", "15")) < seen.index(("kill", "9")) < actions.index("die"), seen
     assert actions[-1] == "destroy", seen
     assert _labelled(docker_client, test_id) == []
@@ -387,7 +395,8 @@ def test_the_registration_service_and_the_admin_refuse_an_unpinned_model(client:
         "endpoint_timeout_s": 60,
     }
     refused = client.post("/admin/catalog/modelimage/add/", {**form, "digest": ""})
-    assert refused.status_code == 200 and "Give the image id" in refused.content.decode()
+    assert refused.status_code == 200
+    assert "Give the image id" in refused.content.decode()
     assert not ModelImage.objects.exists()
     added = client.post("/admin/catalog/modelimage/add/", {**form, "digest": "sha256:" + "c" * 64})
     assert added.status_code == 302, added.content.decode()[:2000]
@@ -395,11 +404,11 @@ def test_the_registration_service_and_the_admin_refuse_an_unpinned_model(client:
     assert pinned.digest == "sha256:" + "d" * 64
 
 
-def _experiment_of(alice: AbstractUser, model: ModelImage) -> Experiment:
+def _experiment_of(alice: User, model: ModelImage) -> Experiment:
     return Experiment.objects.create(name="x", model=model, dataset=_dataset("pinned"), owner=alice)
 
 
-def test_a_model_row_without_a_digest_never_starts_a_run(alice: AbstractUser) -> None:
+def test_a_model_row_without_a_digest_never_starts_a_run(alice: User) -> None:
     # A row from before digests were required (or written around the service).
     legacy = ModelImage.objects.create(name="legacy", image="hyperbench/testkit:latest", digest="")
 
@@ -411,7 +420,7 @@ def test_a_model_row_without_a_digest_never_starts_a_run(alice: AbstractUser) ->
 
 @pytest.mark.parametrize("variable", ["HYPERBENCH_EVAL_IMAGE_DIGEST", "HYPERBENCH_REPORT_IMAGE_DIGEST"])
 def test_a_run_never_starts_while_a_system_image_is_unpinned(
-    alice: AbstractUser, settings: Any, variable: str
+    alice: User, settings: Any, variable: str
 ) -> None:
     setattr(settings, variable, "")
     model = ModelImage.objects.create(name="ok", image="hyperbench/testkit:x", digest="sha256:" + "c" * 64)
@@ -464,7 +473,8 @@ def test_a_run_fails_when_a_system_image_differs_from_its_pin(
     ).json()
     run = as_alice.post("/api/v1/runs/", {"experiment": exp["id"]}, format="json")
     assert run.status_code == 201, run.content
-    assert run.json()["id"] and Run.objects.get().spec[f"{system}_image"]["digest"] == images[pinned_to]
+    assert run.json()["id"]
+    assert Run.objects.get().spec[f"{system}_image"]["digest"] == images[pinned_to]
 
     data = wait_for_run(as_alice, run.json()["id"], timeout_s=300)
 
@@ -621,13 +631,18 @@ def test_no_api_payload_produces_container_options_outside_the_allowed_set(
     assert set(opts) <= ALLOWED_OPTIONS, set(opts) - ALLOWED_OPTIONS
     assert opts["image"] == run.experiment.model.digest
     assert opts["network_mode"] == ("host" if run.experiment.model.network else "none")
-    assert opts["cap_drop"] == ["ALL"] and "cap_add" not in opts and not opts.get("privileged", False)
+    assert opts["cap_drop"] == ["ALL"]
+    assert "cap_add" not in opts
+    assert not opts.get("privileged", False)
     assert opts["security_opt"] == ["no-new-privileges"]
     assert opts["read_only"] is True
     assert opts["user"] == "10001:10001"
     assert opts["memswap_limit"] == opts["mem_limit"]
-    assert opts["pids_limit"] > 0 and opts["nano_cpus"] > 0 and opts["ipc_mode"] == "private"
-    assert opts["device_requests"] is None and "devices" not in opts
+    assert opts["pids_limit"] > 0
+    assert opts["nano_cpus"] > 0
+    assert opts["ipc_mode"] == "private"
+    assert opts["device_requests"] is None
+    assert "devices" not in opts
     assert set(opts["environment"]) == {"HOME", "PYTHONDONTWRITEBYTECODE"}
     assert set(opts["tmpfs"]) == {"/tmp"}
     assert {m["Target"]: m["ReadOnly"] for m in opts["mounts"]} == CONTRACT_MOUNTS
@@ -665,14 +680,20 @@ def test_the_probe_registered_as_a_model_finds_the_same_walls_through_a_run_from
         srv.close()
 
     assert data["state"] == "succeeded", data["error_reason"]
-    line = Path(data["predictions_uri"].removeprefix("file://")).read_text().splitlines()[0]
+    line = stored_artifact(data["id"]).read_text().splitlines()[0]
     found = json.loads(json.loads(line)["prediction"])
     assert (found["uid"], found["euid"], found["cap_eff"], found["no_new_privs"]) == (10001, 10001, 0, 1)
-    assert found["write_root"]["writable"] is False and found["write_data"]["writable"] is False
+    assert found["write_root"]["writable"] is False
+    assert found["write_data"]["writable"] is False
     assert found["write_output"]["writable"] is True
-    assert found["interfaces"] == ["lo"] and found["tcp_loopback"]["connected"] is False
+    assert found["interfaces"] == ["lo"]
+    assert found["tcp_loopback"]["connected"] is False
     assert found["tcp_public"]["connected"] is False
-    assert found["fork"]["error"] == "EAGAIN" and found["fork"]["forked"] < 500
-    assert found["docker_socket"] == [] and found["devices"] and set(found["devices"]) <= DEFAULT_DEVICES
-    assert found["cgroup"]["swap_max"] == 0 and found["cgroup"]["memory_max"] > 0
+    assert found["fork"]["error"] == "EAGAIN"
+    assert found["fork"]["forked"] < 500
+    assert found["docker_socket"] == []
+    assert found["devices"]
+    assert set(found["devices"]) <= DEFAULT_DEVICES
+    assert found["cgroup"]["swap_max"] == 0
+    assert found["cgroup"]["memory_max"] > 0
     assert found["mounts"]["/"]["ro"] is True

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -29,7 +29,7 @@ def _dataset(name: str, task: str = "ocr", root: Path | None = None) -> Dataset:
 
 
 def _run(
-    owner: AbstractUser,
+    owner: User,
     dataset: Dataset,
     model: str,
     metrics: dict[str, float],
@@ -63,9 +63,7 @@ def _run(
     )
 
 
-def test_models_are_ranked_by_cer_with_their_latest_run_and_ci(
-    as_alice: APIClient, alice: AbstractUser
-) -> None:
+def test_models_are_ranked_by_cer_with_their_latest_run_and_ci(as_alice: APIClient, alice: User) -> None:
     ds = _dataset("invoices")
     _run(alice, ds, "tesseract", {"cer": 0.08, "wer": 0.2})
     _run(alice, ds, "rapidocr", {"cer": 0.30, "wer": 0.5}, age_min=60)  # superseded by the next run
@@ -75,7 +73,8 @@ def test_models_are_ranked_by_cer_with_their_latest_run_and_ci(
 
     board = as_alice.get("/api/v1/leaderboard/", {"dataset": ds.pk}).json()["results"][0]
 
-    assert board["metric"] == "cer" and board["lower_is_better"] is True
+    assert board["metric"] == "cer"
+    assert board["lower_is_better"] is True
     assert [(e["rank"], e["model"], e["value"]) for e in board["entries"]] == [
         (1, "rapidocr", 0.02),
         (2, "tesseract", 0.08),
@@ -85,7 +84,7 @@ def test_models_are_ranked_by_cer_with_their_latest_run_and_ci(
 
 
 def test_runs_scored_by_another_metric_version_are_listed_but_never_ranked(
-    as_alice: APIClient, alice: AbstractUser
+    as_alice: APIClient, alice: User
 ) -> None:
     ds = _dataset("forms")
     _run(alice, ds, "old-model", {"cer": 0.001}, version="0.9")
@@ -97,9 +96,7 @@ def test_runs_scored_by_another_metric_version_are_listed_but_never_ranked(
     assert [(e["rank"], e["model"]) for e in board["entries"]] == [(1, "new-model"), (None, "old-model")]
 
 
-def test_vqa_boards_rank_by_anls_higher_first_and_filter_by_task(
-    as_alice: APIClient, alice: AbstractUser
-) -> None:
+def test_vqa_boards_rank_by_anls_higher_first_and_filter_by_task(as_alice: APIClient, alice: User) -> None:
     ocr, vqa = _dataset("receipts"), _dataset("docvqa-mini", task="vqa")
     _run(alice, ocr, "rapidocr", {"cer": 0.1})
     _run(alice, vqa, "vlm-a", {"anls": 0.61})
@@ -112,7 +109,7 @@ def test_vqa_boards_rank_by_anls_higher_first_and_filter_by_task(
 
 
 @pytest.fixture
-def run_with_samples(settings: Any, tmp_path: Path, alice: AbstractUser) -> Run:
+def run_with_samples(settings: Any, tmp_path: Path, alice: User) -> Run:
     settings.HYPERBENCH_ARTIFACTS_URI = tmp_path.as_uri() + "/"
     data = tmp_path / "data"
     (data / "images").mkdir(parents=True)
@@ -152,9 +149,7 @@ def run_with_samples(settings: Any, tmp_path: Path, alice: AbstractUser) -> Run:
     return run
 
 
-def test_staff_browse_a_runs_samples_by_score_range_and_errors(
-    staff: AbstractUser, run_with_samples: Run
-) -> None:
+def test_staff_browse_a_runs_samples_by_score_range_and_errors(staff: User, run_with_samples: Run) -> None:
     web = Client()
     web.force_login(staff)
     url = f"/admin/runs/run/{run_with_samples.pk}/samples/"
@@ -164,12 +159,16 @@ def test_staff_browse_a_runs_samples_by_score_range_and_errors(
     errors = web.get(url, {"errors": "1"}).content.decode()
 
     assert all(f"<td>{i}</td>" in everything for i in "abc")
-    assert "<td>a</td>" in mid and "<td>b</td>" not in mid and "<td>c</td>" not in mid
-    assert "<td>b</td>" in errors and "unreadable image" in errors and "<td>a</td>" not in errors
+    assert "<td>a</td>" in mid
+    assert "<td>b</td>" not in mid
+    assert "<td>c</td>" not in mid
+    assert "<td>b</td>" in errors
+    assert "unreadable image" in errors
+    assert "<td>a</td>" not in errors
     assert "hallo" in everything
 
 
-def test_sample_images_are_served_from_the_dataset_only(staff: AbstractUser, run_with_samples: Run) -> None:
+def test_sample_images_are_served_from_the_dataset_only(staff: User, run_with_samples: Run) -> None:
     web = Client()
     web.force_login(staff)
     url = f"/admin/runs/run/{run_with_samples.pk}/samples/image/"
@@ -179,7 +178,7 @@ def test_sample_images_are_served_from_the_dataset_only(staff: AbstractUser, run
     assert web.get(url, {"path": "/etc/passwd"}).status_code == 404
 
 
-def test_the_admin_leaderboard_page_lists_the_ranked_models(staff: AbstractUser, alice: AbstractUser) -> None:
+def test_the_admin_leaderboard_page_lists_the_ranked_models(staff: User, alice: User) -> None:
     ds = _dataset("letters")
     _run(alice, ds, "rapidocr", {"cer": 0.02})
     web = Client()
@@ -187,10 +186,12 @@ def test_the_admin_leaderboard_page_lists_the_ranked_models(staff: AbstractUser,
 
     page = web.get("/admin/runs/run/leaderboard/").content.decode()
 
-    assert "letters@1" in page and "rapidocr" in page and "0.0200" in page
+    assert "letters@1" in page
+    assert "rapidocr" in page
+    assert "0.0200" in page
 
 
-def test_each_entry_carries_its_gpu_seconds_and_throughput(as_alice: APIClient, alice: AbstractUser) -> None:
+def test_each_entry_carries_its_gpu_seconds_and_throughput(as_alice: APIClient, alice: User) -> None:
     ds = _dataset("scans")
     _run(alice, ds, "vlm-gpu", {"cer": 0.03}, inference_s=40.0, gpu_seconds=80.456)  # 2 GPUs x 40 s
     _run(alice, ds, "rapidocr", {"cer": 0.05}, inference_s=20.0)
@@ -203,9 +204,7 @@ def test_each_entry_carries_its_gpu_seconds_and_throughput(as_alice: APIClient, 
     ]
 
 
-def test_metric_ranks_by_another_metric_in_its_own_direction(
-    as_alice: APIClient, alice: AbstractUser
-) -> None:
+def test_metric_ranks_by_another_metric_in_its_own_direction(as_alice: APIClient, alice: User) -> None:
     ds = _dataset("pages")
     # by corpus CER a < b < c; by the per-sample mean the order is c < a < b
     _run(alice, ds, "a", {"cer": 0.02, "cer_mean": 0.30, "wer_mean": 0.5, "ned": 0.2})
@@ -213,7 +212,7 @@ def test_metric_ranks_by_another_metric_in_its_own_direction(
     _run(alice, ds, "c", {"cer": 0.06, "cer_mean": 0.10, "wer_mean": 0.9, "ned": 0.1})
 
     def order(metric: str | None) -> tuple[str, bool, list[str]]:
-        params = {"dataset": ds.pk, **({"metric": metric} if metric else {})}
+        params: dict[str, int | str] = {"dataset": ds.pk, **({"metric": metric} if metric else {})}
         board = as_alice.get("/api/v1/leaderboard/", params).json()["results"][0]
         return board["metric"], board["lower_is_better"], [e["model"] for e in board["entries"]]
 
@@ -224,7 +223,7 @@ def test_metric_ranks_by_another_metric_in_its_own_direction(
 
 
 def test_metric_of_a_vqa_task_ranks_higher_first_and_lists_only_vqa_boards(
-    as_alice: APIClient, alice: AbstractUser
+    as_alice: APIClient, alice: User
 ) -> None:
     ocr, vqa = _dataset("forms"), _dataset("chartqa-mini", task="vqa")
     _run(alice, ocr, "rapidocr", {"cer": 0.1})
@@ -243,16 +242,52 @@ def test_metric_of_a_vqa_task_ranks_higher_first_and_lists_only_vqa_boards(
     ]
 
 
-def test_a_board_ranks_by_the_primary_metric_the_dataset_chose(
-    as_alice: APIClient, alice: AbstractUser
+# (task, its primary metric, every metric with the order a < b < c gives it, lower better?)
+DOC_BOARDS = [
+    ("table", "teds", {"teds": (0.9, 0.7, 0.5), "teds_struct": (0.6, 0.95, 0.8)}),
+    ("kie", "field_f1", {"field_f1": (0.8, 0.6, 0.4), "nted_accuracy": (0.5, 0.9, 0.7)}),
+    (
+        "page",
+        "page_ned",
+        {
+            "page_ned": (0.1, 0.2, 0.3),
+            "table_teds": (0.5, 0.9, 0.7),
+            "table_teds_struct": (0.9, 0.5, 0.7),
+            "tables_found": (0.2, 0.4, 0.9),
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("task", "primary", "values"), DOC_BOARDS, ids=[b[0] for b in DOC_BOARDS])
+def test_the_document_tasks_rank_by_their_primary_metric_and_each_metric_in_its_direction(
+    as_alice: APIClient, alice: User, task: str, primary: str, values: dict[str, tuple[float, float, float]]
 ) -> None:
+    ds = _dataset(f"{task}-set", task=task)
+    for i, model in enumerate("abc"):
+        _run(alice, ds, model, {name: v[i] for name, v in values.items()})
+
+    def order(metric: str | None) -> tuple[str, bool, list[str]]:
+        params: dict[str, int | str] = {"dataset": ds.pk, **({"metric": metric} if metric else {})}
+        board = as_alice.get("/api/v1/leaderboard/", params).json()["results"][0]
+        return board["metric"], board["lower_is_better"], [e["model"] for e in board["entries"]]
+
+    assert order(None)[0] == primary  # no primary_metric recorded: the task's first metric
+    for name, v in values.items():
+        lower = name == "page_ned"  # the only lower-is-better metric of the three tasks
+        expected = [m for _, m in sorted(zip(v, "abc", strict=True), reverse=not lower)]
+        assert order(name) == (name, lower, expected)
+
+
+def test_a_board_ranks_by_the_primary_metric_the_dataset_chose(as_alice: APIClient, alice: User) -> None:
     vqa = _dataset("charts", task="vqa")  # its dataset.json said "metrics": ["relaxed_accuracy", "anls"]
     _run(alice, vqa, "vlm-a", {"relaxed_accuracy": 0.4, "anls": 0.9}, primary="relaxed_accuracy")
     _run(alice, vqa, "vlm-b", {"relaxed_accuracy": 0.6, "anls": 0.5}, primary="relaxed_accuracy")
 
     board = as_alice.get("/api/v1/leaderboard/").json()["results"][0]
 
-    assert board["metric"] == "relaxed_accuracy" and [e["model"] for e in board["entries"]] == [
+    assert board["metric"] == "relaxed_accuracy"
+    assert [e["model"] for e in board["entries"]] == [
         "vlm-b",
         "vlm-a",
     ]
@@ -270,7 +305,7 @@ def test_a_board_ranks_by_the_primary_metric_the_dataset_chose(
     ],
 )
 def test_a_bad_leaderboard_query_is_refused_with_what_to_fix(
-    as_alice: APIClient, alice: AbstractUser, params: dict[str, str], field: str, says: str
+    as_alice: APIClient, alice: User, params: dict[str, str], field: str, says: str
 ) -> None:
     _run(alice, _dataset("invoices"), "rapidocr", {"cer": 0.02})
 
@@ -280,9 +315,7 @@ def test_a_bad_leaderboard_query_is_refused_with_what_to_fix(
     assert says in " ".join(r.json()[field]), r.json()
 
 
-def test_the_admin_leaderboard_filters_by_dataset_task_and_metric(
-    staff: AbstractUser, alice: AbstractUser
-) -> None:
+def test_the_admin_leaderboard_filters_by_dataset_task_and_metric(staff: User, alice: User) -> None:
     letters, receipts = _dataset("letters"), _dataset("receipts")
     docvqa = _dataset("docvqa-mini", task="vqa")
     _run(alice, letters, "rapidocr", {"cer": 0.02, "cer_mean": 0.30}, gpu_seconds=0.0)
@@ -305,10 +338,15 @@ def test_the_admin_leaderboard_filters_by_dataset_task_and_metric(
     wrong = boards({"task": "vqa", "metric": "cer"})
 
     assert all(f"<h2>{d}@1" in everything for d in ("letters", "receipts", "docvqa-mini"))
-    assert "<h2>receipts@1" in one and "<h2>letters@1" not in one and "<h2>docvqa-mini@1" not in one
-    assert "<h2>docvqa-mini@1" in vqa and "<h2>letters@1" not in vqa and "<h2>receipts@1" not in vqa
+    assert "<h2>receipts@1" in one
+    assert "<h2>letters@1" not in one
+    assert "<h2>docvqa-mini@1" not in one
+    assert "<h2>docvqa-mini@1" in vqa
+    assert "<h2>letters@1" not in vqa
+    assert "<h2>receipts@1" not in vqa
     assert "<td>12.3</td>" in vqa  # GPU-seconds of the VLM
     assert "Ranked by <b>cer_mean</b> (lower is better)" in by_mean
     assert by_mean.index("<td>tesseract</td>") < by_mean.index("<td>rapidocr</td>")  # 0.10 before 0.30
     assert '<option value="cer_mean" selected>' in by_mean
-    assert "is no metric of the chosen task" in wrong and "Ranked by <b>anls</b>" in wrong
+    assert "is no metric of the chosen task" in wrong
+    assert "Ranked by <b>anls</b>" in wrong

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import lxml.html
 import pytest
 
 from worker.manifest import (
@@ -116,7 +117,7 @@ def test_iter_samples_refuses_a_line_that_is_not_json(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "ds", [ocr("a"), "{oops"])
     samples = iter_samples(root)
     assert next(samples)["id"] == "a"
-    with pytest.raises(ManifestError, match="manifest.jsonl line 2"):
+    with pytest.raises(ManifestError, match=r"manifest\.jsonl line 2"):
         next(samples)
 
 
@@ -318,14 +319,14 @@ def test_it_reads_dataset_json(tmp_path: Path) -> None:
 def test_it_refuses_a_missing_dataset_json(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "ds")
     (root / "dataset.json").unlink()
-    with pytest.raises(ManifestError, match="dataset.json: missing"):
+    with pytest.raises(ManifestError, match=r"dataset\.json: missing"):
         read_dataset_json(root)
 
 
 def test_it_refuses_a_dataset_json_that_is_not_json(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "ds")
     (root / "dataset.json").write_text("{name: tiny}")
-    with pytest.raises(ManifestError, match="dataset.json: invalid JSON"):
+    with pytest.raises(ManifestError, match=r"dataset\.json: invalid JSON"):
         validate_local(root)
 
 
@@ -334,10 +335,13 @@ def test_it_refuses_a_dataset_json_that_is_not_json(tmp_path: Path) -> None:
     [
         ({"version": "1", "task": "ocr"}, ["dataset.json: missing field 'name'"]),
         ({"name": "tiny", "task": "ocr"}, ["dataset.json: missing field 'version'"]),
-        ({"name": "tiny", "version": "1"}, ["dataset.json: missing field 'task' (one of ocr, vqa)"]),
+        (
+            {"name": "tiny", "version": "1"},
+            ["dataset.json: missing field 'task' (one of ocr, vqa, table, kie, page)"],
+        ),
         (
             {"name": "tiny", "version": "1", "task": "asr"},
-            ["dataset.json: 'task' must be one of ocr, vqa, not 'asr'"],
+            ["dataset.json: 'task' must be one of ocr, vqa, table, kie, page, not 'asr'"],
         ),
         (
             {"name": "tiny", "version": 1, "task": "ocr"},
@@ -377,10 +381,11 @@ def test_description_and_license_are_optional(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the sample dataset script
 
 
-def load_sample_script() -> Any:
-    path = Path(__file__).resolve().parents[1] / "scripts" / "make_sample_dataset.py"
-    spec = importlib.util.spec_from_file_location("make_sample_dataset", path)
-    assert spec is not None and spec.loader is not None
+def load_sample_script(name: str = "make_sample_dataset") -> Any:
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -392,7 +397,9 @@ def test_the_sample_dataset_is_valid_deterministic_and_written_once(tmp_path: Pa
     again = script.write_dataset(tmp_path / "a" / "1", count=8, seed=7)
     elsewhere = script.write_dataset(tmp_path / "b" / "1", count=8, seed=7)
 
-    assert first["created"] and not again["created"] and elsewhere["created"]
+    assert first["created"]
+    assert not again["created"]
+    assert elsewhere["created"]
     assert first["manifest_sha256"] == again["manifest_sha256"] == elsewhere["manifest_sha256"]
     summary = validate_local(tmp_path / "a" / "1", verify_hashes=True)
     assert summary["manifest_sha256"] == first["manifest_sha256"]
@@ -422,3 +429,82 @@ def test_the_sample_dataset_replaces_a_different_version_but_not_a_foreign_dir(t
     with pytest.raises(FileExistsError):
         script.write_dataset(foreign, count=4, seed=7)
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def row_widths(table_html: str) -> list[int]:
+    """The grid columns each row of a table covers, cells spanning into it from rows above included."""
+    from_above: dict[int, int] = {}
+    widths = []
+    for r, tr in enumerate(lxml.html.fromstring(table_html).iter("tr")):
+        width = from_above.pop(r, 0)
+        for td in tr.iter("td"):
+            colspan, rowspan = int(td.get("colspan", 1)), int(td.get("rowspan", 1))
+            width += colspan
+            for below in range(r + 1, r + rowspan):
+                from_above[below] = from_above.get(below, 0) + colspan
+        widths.append(width)
+    return widths
+
+
+def test_the_sample_tables_are_valid_deterministic_written_once_and_whole_grids(tmp_path: Path) -> None:
+    script = load_sample_script("make_sample_tables")
+    first = script.write_dataset(tmp_path / "a" / "1", count=8, seed=11)
+    again = script.write_dataset(tmp_path / "a" / "1", count=8, seed=11)
+    elsewhere = script.write_dataset(tmp_path / "b" / "1", count=8, seed=11)
+
+    assert (first["created"], again["created"], elsewhere["created"]) == (True, False, True)
+    assert first["manifest_sha256"] == again["manifest_sha256"] == elsewhere["manifest_sha256"]
+    summary = validate_local(tmp_path / "a" / "1", verify_hashes=True)
+    assert (summary["name"], summary["task"], summary["sample_count"]) == ("sample-tables", "table", 8)
+    samples = list(iter_samples(tmp_path / "a" / "1"))
+    assert {s["category"] for s in samples} == {"plain", "total", "grouped-header", "grouped-rows"}
+    for sample in samples:
+        html = sample["html"]
+        assert html.startswith("<table><thead><tr>"), html
+        assert html.endswith("</tr></tbody></table>"), html
+        widths = row_widths(html)
+        assert len(widths) >= 3, html
+        assert len(set(widths)) == 1, (sample["id"], widths)  # no ragged row
+    spans = {
+        c: " ".join(s["html"] for s in samples if s["category"] == c) for c in ("total", "grouped-header")
+    }
+    assert "colspan=" in spans["total"]
+    assert "rowspan=" not in spans["total"]
+    assert "colspan=" in spans["grouped-header"]
+    assert "rowspan=" in spans["grouped-header"]
+    assert all("rowspan=" in s["html"] for s in samples if s["category"] == "grouped-rows")
+    assert all("span=" not in s["html"] for s in samples if s["category"] == "plain")
+
+
+@pytest.mark.parametrize(
+    ("task", "name", "truth"), [("page", "sample-pages", "markdown"), ("kie", "sample-receipts", "fields")]
+)
+def test_the_page_and_kie_sample_datasets_are_valid_deterministic_and_written_once(
+    tmp_path: Path, task: str, name: str, truth: str
+) -> None:
+    script = load_sample_script("make_doc_datasets")
+    first = script.write_dataset(task, tmp_path / "a" / "1", count=4, seed=7)
+    again = script.write_dataset(task, tmp_path / "a" / "1", count=4, seed=7)
+    elsewhere = script.write_dataset(task, tmp_path / "b" / "1", count=4, seed=7)
+
+    assert first["created"]
+    assert not again["created"]
+    assert elsewhere["created"]
+    assert first["manifest_sha256"] == again["manifest_sha256"] == elsewhere["manifest_sha256"]
+    summary = validate_local(tmp_path / "a" / "1", verify_hashes=True)  # the platform's own check
+    assert (summary["name"], summary["task"], summary["sample_count"]) == (name, task, 4)
+    rows = [json.loads(line) for line in (tmp_path / "a" / "1" / "manifest.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [f"{'page' if task == 'page' else 'receipt'}-{i:04d}" for i in range(4)]
+    for row in rows:
+        assert truth in row
+        if task == "page":
+            md = row["markdown"]
+            assert md.startswith("# ")
+            assert md.count("\n|---|") == 1  # one GFM pipe table per page, under its header row
+        else:
+            fields = row["fields"]
+            assert set(fields) == {"store", "date", "items", "total"}
+            assert fields["items"]
+            assert all(set(item) == {"name", "qty", "price"} for item in fields["items"])
+            total = sum(float(item["price"]) for item in fields["items"])
+            assert fields["total"] == f"{total:.2f}"

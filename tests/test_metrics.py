@@ -14,6 +14,7 @@ The last test runs the real eval image by hand, exactly as the README shows.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "images" / "eval"))
 
 import evaluate as ev  # noqa: E402
+import hb_bootstrap  # noqa: E402
 import hb_metrics as hm  # noqa: E402
 import hb_stats  # noqa: E402
 
@@ -124,6 +126,26 @@ def test_ned_matches_rapidfuzz_on_random_strings() -> None:
         a = "".join(rng.choice("ab c") for _ in range(rng.randint(0, 12)))
         b = "".join(rng.choice("abc ") for _ in range(rng.randint(0, 12)))
         assert hm.ned(a, b) == pytest.approx(Levenshtein.normalized_distance(a, b))
+
+
+def test_ocr_counts_equal_jiwers_on_random_strings() -> None:
+    # hb_metrics.ocr_score computes jiwer 4's counts with rapidfuzz directly: the same numbers
+    rng = random.Random(11)
+    alphabet = ["a", "b", "c", "ab", " ", "  ", "\n", "\t", "\u00a0", "e\u0301", "\u00e9", "\ufb01", "."]
+    for _ in range(2_000):
+        ref = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14)))
+        hyp = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14)))
+        s = hm.ocr_score(ref, hyp)
+        r, h = hm.normalize_ocr(ref), hm.normalize_ocr(hyp)
+        co, wo = jiwer.process_characters(r, h), jiwer.process_words(r, h)
+        assert s.char_edits == co.substitutions + co.deletions + co.insertions, (ref, hyp)
+        assert s.char_ref_len == co.substitutions + co.deletions + co.hits, (ref, hyp)
+        assert s.word_edits == wo.substitutions + wo.deletions + wo.insertions, (ref, hyp)
+        assert s.word_ref_len == wo.substitutions + wo.deletions + wo.hits, (ref, hyp)
+        assert s.ned == hm.ned(r, h), (ref, hyp)
+        if r:
+            assert s.cer == pytest.approx(jiwer.cer(r, h))
+            assert s.wer == pytest.approx(jiwer.wer(r, h))
 
 
 # ============================================================================ ANLS
@@ -431,12 +453,16 @@ def test_bootstrap_is_deterministic_and_brackets_the_value() -> None:
 def test_paired_bootstrap() -> None:
     a = [0.2, 0.4, 0.5, 0.1, 0.9, 0.3, 0.6, 0.7, 0.2, 0.4]
     same = hb_stats.paired_bootstrap(hb_stats.mean_stat(a), hb_stats.mean_stat(a), len(a), lower_better=False)
-    assert same["delta"] == 0 and same["p_value"] == 1.0 and same["prob_b_better"] == 0.5
+    assert same["delta"] == 0
+    assert same["p_value"] == 1.0
+    assert same["prob_b_better"] == 0.5
     b = [x + 0.1 for x in a]  # B better on every sample
     r = hb_stats.paired_bootstrap(hb_stats.mean_stat(a), hb_stats.mean_stat(b), len(a), lower_better=False)
     assert r["delta"] == pytest.approx(0.1)
-    assert r["ci95"][0] == pytest.approx(0.1) and r["ci95"][1] == pytest.approx(0.1)
-    assert r["p_value"] == 0.0 and r["prob_b_better"] == 1.0
+    assert r["ci95"][0] == pytest.approx(0.1)
+    assert r["ci95"][1] == pytest.approx(0.1)
+    assert r["p_value"] == 0.0
+    assert r["prob_b_better"] == 1.0
     # for an error rate, lower is better: B's higher values make A the better run
     r = hb_stats.paired_bootstrap(hb_stats.mean_stat(a), hb_stats.mean_stat(b), len(a), lower_better=True)
     assert r["prob_b_better"] == 0.0
@@ -453,8 +479,83 @@ def test_paired_bootstrap() -> None:
 def test_ratio_statistic_matches_corpus_cer() -> None:
     rows = [{"char_edits": 1, "char_ref_len": 4}, {"char_edits": 0, "char_ref_len": 11}]
     stat = hb_stats.statistic_for("cer", rows)
-    assert stat is not None and stat(range(2)) == pytest.approx(1 / 15)
+    assert stat is not None
+    assert stat(range(2)) == pytest.approx(1 / 15)
     assert stat([0, 0]) == pytest.approx(2 / 8)  # a resample that drew the first sample twice
+
+
+def _reference_bootstrap_ci(
+    n: int, columns: dict[str, tuple[str, list[float], list[float]]], resamples: int, seed: int
+) -> dict[str, tuple[float, float]]:
+    """The pure-Python bootstrap that hb_bootstrap vectorises (hb_stats.bootstrap_ci before numpy).
+
+    columns: name -> ("ratio", numerators, denominators) | ("mean", values, []).
+    """
+
+    def pct(v: list[float], q: float) -> float:
+        pos = (len(v) - 1) * q / 100.0
+        lo, hi = int(pos), min(int(pos) + 1, len(v) - 1)
+        return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+    rng = random.Random(seed)
+    draws: dict[str, list[float]] = {name: [] for name in columns}
+    for _ in range(resamples):
+        idx = rng.choices(range(n), k=n)
+        for name, (kind, a, b) in columns.items():
+            if kind == "ratio":
+                e, d = sum(a[i] for i in idx), sum(b[i] for i in idx)
+                draws[name].append(e / d if d > 0 else float(e))
+            else:
+                draws[name].append(sum(a[i] for i in idx) / n)
+    return {name: (pct(sorted(v), 2.5), pct(sorted(v), 97.5)) for name, v in draws.items()}
+
+
+def test_numpy_draws_are_random_choices_draws() -> None:
+    # hb_bootstrap starts numpy's MT19937 from random.Random(seed)'s state: the same indices, in bulk
+    for seed, n in [(hb_stats.BOOTSTRAP_SEED, 100_000), (0, 1), (7, 3), (2**40 + 3, 12_345)]:
+        rng = random.Random(seed)
+        expected = [i for _ in range(3) for i in rng.choices(range(n), k=n)]
+        got = hb_bootstrap.choices_indices(hb_bootstrap.python_random_generator(seed), n, 3 * n)
+        assert got.tolist() == expected
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_vectorised_bootstrap_equals_the_pure_python_one(case: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(100 + case)
+    n = [1, 2, 9, 57, 400, 2_000][case]
+    if case % 2:  # several blocks of resamples, the last one partial
+        monkeypatch.setattr(hb_bootstrap, "BLOCK_CELLS", 7 * n)
+    rows = []
+    for _ in range(n):
+        ref_len = rng.choice([0, 0, 1, 5, 30])  # zero denominators included
+        rows.append(
+            {
+                "char_edits": rng.randint(0, 2 * ref_len + 1) if ref_len or rng.random() < 0.5 else 0,
+                "char_ref_len": ref_len,
+                "cer": round(rng.random() * 1.5, 6),
+                "anls": rng.choice([0.0, 0.5, round(rng.uniform(0.5, 1), 6), 1.0]),
+                "exact_match": float(rng.random() < 0.4),
+            }
+        )
+    names = ["cer", "cer_mean", "anls", "exact_match"]
+    columns = {m: c for m in names if (c := hb_stats.columns_for(m, rows)) is not None}
+    assert set(columns) == set(names)
+    reference_columns = {
+        m: (kind, cols[0], cols[1] if len(cols) > 1 else []) for m, (kind, cols) in columns.items()
+    }
+    resamples, seed = 300 + 37 * case, rng.randint(0, 2**32)
+    expected = _reference_bootstrap_ci(n, reference_columns, resamples, seed)
+    got = hb_bootstrap.bootstrap_ci(n, columns, resamples, seed)
+    assert set(got) == set(expected)
+    for m in names:
+        assert got[m] == pytest.approx(expected[m], abs=1e-6, rel=0), m
+        assert [round(x, 6) for x in got[m]] == [round(x, 6) for x in expected[m]], m
+    # hb_stats.bootstrap_ci (the stdlib definition, closures) gives the same
+    stats = {m: hb_stats.statistic_of(c) for m, c in columns.items()}
+    stdlib = hb_stats.bootstrap_ci(n, stats, resamples, seed)
+    for m in names:
+        assert got[m] == pytest.approx(stdlib[m], abs=1e-12, rel=0), m
+    assert all(math.isnan(x) for x in hb_bootstrap.bootstrap_ci(0, columns, 10, 1)["cer"])
 
 
 # ============================================================================ evaluate() on the host
@@ -497,19 +598,25 @@ def test_eval_ocr_policies(tmp_path: Path) -> None:
     rows = {
         r["id"]: r for r in map(json.loads, (tmp_path / "out" / "per_sample.jsonl").read_text().splitlines())
     }
-    assert doc["n"] == 4 and doc["errors"] == 2 and doc["missing"] == 1
-    assert doc["metric_version"] == hm.METRIC_VERSION and all(
-        r["metric_version"] == hm.METRIC_VERSION for r in rows.values()
-    )
-    assert doc["primary_metric"] == "cer" and "cer" in doc["lower_is_better"]
+    assert doc["n"] == 4
+    assert doc["errors"] == 2
+    assert doc["missing"] == 1
+    assert doc["metric_version"] == hm.METRIC_VERSION
+    assert all(r["metric_version"] == hm.METRIC_VERSION for r in rows.values())
+    assert doc["primary_metric"] == "cer"
+    assert "cer" in doc["lower_is_better"]
     assert set(doc["metrics"]) == {"cer", "wer", "ned", "cer_mean", "wer_mean"}
-    assert doc["normalization"]["unicode"].startswith("NFC") and doc["policy"]["failed_or_missing"]
+    assert doc["normalization"]["unicode"].startswith("NFC")
+    assert doc["policy"]["failed_or_missing"]
     # corpus chars: a 1/4, b 3/3 (as empty), c 2/2 (as empty), e 0/0 -> 6/9
     assert doc["metrics"]["cer"]["value"] == pytest.approx(round(6 / 9, 6))
     # per-sample: a .25, b 1 (worst), c 1 (worst), e 0 -> mean 0.5625
     assert doc["metrics"]["cer_mean"]["value"] == pytest.approx(0.5625)
-    assert rows["b"]["cer"] == 1.0 and rows["b"]["error"] == "CUDA OOM" and rows["b"]["prediction"] is None
-    assert rows["c"]["missing"] and rows["c"]["ned"] == 1.0
+    assert rows["b"]["cer"] == 1.0
+    assert rows["b"]["error"] == "CUDA OOM"
+    assert rows["b"]["prediction"] is None
+    assert rows["c"]["missing"]
+    assert rows["c"]["ned"] == 1.0
     assert rows["e"]["cer"] == 0.0
     for m in doc["metrics"].values():
         assert m["ci95"][0] <= m["value"] <= m["ci95"][1]
@@ -540,7 +647,8 @@ def test_eval_vqa_policies(tmp_path: Path) -> None:
         ],
     )
     doc = ev.evaluate(data, preds, tmp_path / "out", resamples=100)
-    assert doc["no_reference"] == 1 and doc["errors"] == 0
+    assert doc["no_reference"] == 1
+    assert doc["errors"] == 0
     # anls: q1 1, q2 0 (no reference), q3 exactly 0.5 kept -> 1.5 / 3
     assert doc["metrics"]["anls"]["value"] == pytest.approx(0.5)
     assert list(doc["metrics"]) == list(hm.VQA_METRICS)
@@ -554,9 +662,8 @@ def test_eval_vqa_policies(tmp_path: Path) -> None:
     doc2 = ev.evaluate(
         data2, _write_preds(tmp_path / "narrow", [{"id": "q1", "prediction": "1000"}]), tmp_path / "o2"
     )
-    assert (
-        list(doc2["metrics"]) == ["relaxed_accuracy", "anls"] and doc2["primary_metric"] == "relaxed_accuracy"
-    )
+    assert list(doc2["metrics"]) == ["relaxed_accuracy", "anls"]
+    assert doc2["primary_metric"] == "relaxed_accuracy"
     assert doc2["metrics"]["relaxed_accuracy"]["value"] == 1.0
 
 
@@ -571,10 +678,11 @@ def test_the_web_side_ranks_with_the_eval_images_metric_names_and_directions() -
     # (it may import nothing of ours): the two must not drift apart.
     from worker import contract
 
-    assert contract.TASK_METRICS == {"ocr": hm.OCR_METRICS, "vqa": hm.VQA_METRICS}
-    assert {t: names[0] for t, names in contract.TASK_METRICS.items()} == hm.PRIMARY
+    assert contract.TASK_METRICS == ev.TASK_METRICS
+    assert {"ocr": hm.OCR_METRICS, "vqa": hm.VQA_METRICS}.items() <= ev.TASK_METRICS.items()
+    assert {t: contract.TASK_METRICS[t][0] for t in hm.PRIMARY} == hm.PRIMARY
     assert contract.LOWER_IS_BETTER == hb_stats.LOWER_IS_BETTER
-    assert set(hb_stats.AGGREGATES) == set(hm.OCR_METRICS) | set(hm.VQA_METRICS)
+    assert set(hb_stats.AGGREGATES) == {m for names in ev.TASK_METRICS.values() for m in names}
 
 
 # ============================================================================ the real image, by hand
@@ -620,7 +728,9 @@ def test_eval_image_by_hand_on_a_tiny_vqa_dataset(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = json.loads((out / "metrics.json").read_text())
     assert m["metric_version"] == hm.METRIC_VERSION == "2.1"
-    assert m["task"] == "vqa" and m["n"] == 4 and m["errors"] == 1
+    assert m["task"] == "vqa"
+    assert m["n"] == 4
+    assert m["errors"] == 1
     assert set(m["metrics"]) == set(hm.VQA_METRICS)
     # anls: q1 1, q2 0.9, q3 "0.46" vs "45%": NL = 4/4 (distance 4 over max(3, 4)) -> 0, q4 error 0
     assert m["metrics"]["anls"]["value"] == pytest.approx(round(1.9 / 4, 6))
@@ -633,7 +743,9 @@ def test_eval_image_by_hand_on_a_tiny_vqa_dataset(tmp_path: Path) -> None:
     assert m["metrics"]["vqa_accuracy"]["value"] == pytest.approx(1 / 24, abs=1e-6)
     for v in m["metrics"].values():
         assert v["ci95"][0] <= v["value"] <= v["ci95"][1]
-    assert isinstance(m["normalization"], dict) and isinstance(m["policy"], dict)
+    assert isinstance(m["normalization"], dict)
+    assert isinstance(m["policy"], dict)
     rows = [json.loads(line) for line in (out / "per_sample.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["q1", "q2", "q3", "q4"]
-    assert rows[3]["error"] == "image unreadable" and rows[3]["anls"] == 0.0
+    assert rows[3]["error"] == "image unreadable"
+    assert rows[3]["anls"] == 0.0

@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from fake_openai import ANSWERS, FakeOpenAI
 from PIL import Image, ImageDraw, ImageFont
 
 from worker import validate_image
+from worker.containers import hardened_cli_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSION = (ROOT / "images" / "VERSION").read_text().strip()
@@ -42,15 +44,8 @@ VLM_IMAGE = f"hyperbench/vlm-openai:{VERSION}"
 TEMPLATE_IMAGE = f"hyperbench/template:{VERSION}"
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 
-HARDENED = [
-    "--read-only",
-    "--tmpfs", "/tmp:rw,size=64m",
-    "--cap-drop", "ALL",
-    "--security-opt", "no-new-privileges",
-    "--user", "10001",
-    "--memory", "1g",
-    "--pids-limit", "256",
-]  # fmt: skip
+# The platform's own hardening (worker/containers.py); each test picks its network.
+HARDENED = [f for f in hardened_cli_flags() if not f.startswith("--network=")]
 
 CLEAN_TEXTS = {
     "t1": ["The quick brown fox jumps", "over the lazy dog 12345", "Invoice total: 42.50 EUR"],
@@ -151,10 +146,10 @@ class Job:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("model-images")
     root.chmod(0o755)
-    yield root
+    return root
 
 
 # ----------------------------------------------------------------------------- ocr-tesseract
@@ -187,7 +182,8 @@ def test_tesseract_reads_clean_lines_and_isolates_a_garbage_image(
     for sid, lines in CLEAN_TEXTS.items():
         p = preds[sid]
         assert p["error"] is None, p
-        assert isinstance(p["latency_ms"], float) and p["latency_ms"] > 0
+        assert isinstance(p["latency_ms"], float)
+        assert p["latency_ms"] > 0
         cer = jiwer.cer("\n".join(lines), p["prediction"])
         print(f"Tesseract CER {sid}: {cer:.4f}  {p['prediction']!r}")
         assert cer < 0.2, (sid, p["prediction"])
@@ -251,13 +247,17 @@ def test_vlm_openai_answers_with_retries_usage_and_bounded_concurrency(
         assert p["latency_ms"] >= 300  # the server holds every answer 0.3 s
         assert p["wall_ms"] >= p["latency_ms"]
         assert set(p["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
-        assert p["usage"]["prompt_tokens"] > 100 and p["usage"]["completion_tokens"] >= 1
+        assert p["usage"]["prompt_tokens"] > 100
+        assert p["usage"]["completion_tokens"] >= 1
         assert p["finish_reason"] == "stop"
     # the missing image is that sample's error, and costs no request
-    assert preds["gone"]["prediction"] is None and "image not found" in preds["gone"]["error"]
+    assert preds["gone"]["prediction"] is None
+    assert "image not found" in preds["gone"]["error"]
     # 3 injected failures (503, 429, 503), each retried: every sample answered once
-    assert st.statuses.count(503) == 2 and st.statuses.count(429) == 1
-    assert st.answered == len(VQA) and st.requests == len(VQA) + 3
+    assert st.statuses.count(503) == 2
+    assert st.statuses.count(429) == 1
+    assert st.answered == len(VQA)
+    assert st.requests == len(VQA) + 3
     assert sum(p["attempts"] for sid, p in preds.items() if sid != "gone") == len(VQA) + 3
     # bounded concurrency: never more than max_concurrency in flight, and the pool was used
     assert st.max_in_flight == 2, st.max_in_flight
@@ -285,8 +285,10 @@ def test_vlm_openai_dead_endpoint_gives_per_sample_errors(
     assert set(preds) == {s["id"] for s in samples}
     for p in preds.values():
         assert p["prediction"] is None
-        assert "HTTP 500" in p["error"] and "gave up after 2 attempt(s)" in p["error"], p
-        assert p["attempts"] == 2 and p["usage"] is None
+        assert "HTTP 500" in p["error"], p
+        assert "gave up after 2 attempt(s)" in p["error"], p
+        assert p["attempts"] == 2
+        assert p["usage"] is None
     assert srv.state.requests == 2 * len(samples)
     assert set(srv.state.auth) == {""}  # no key configured: no Authorization header
     assert job.progress() | {"ts": 0} == {"done": 3, "total": 3, "errors": 3, "ts": 0}
@@ -303,7 +305,8 @@ def test_vlm_openai_env_fallback_default_prompt_and_ocr_task(
         proc = docker_run(VLM_IMAGE, job.mounts(vqa_data), network="host", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert job.predictions()["q1"]["prediction"] == "transcript"
-    assert srv.state.models == ["env-model"] and srv.state.auth == ["Bearer k"]
+    assert srv.state.models == ["env-model"]
+    assert srv.state.auth == ["Bearer k"]
     assert srv.state.prompts[0].startswith("Transcribe all the text")
 
 
@@ -316,11 +319,112 @@ def test_vlm_openai_refuses_endpoint_from_run_params_and_missing_endpoint(
         job = Job(workdir / "vlm-evil", samples, {"params": {"base_url": "http://example.com/v1"}})
         endpoint = job.endpoint({"base_url": srv.base_url, "model": "m"})
         proc = docker_run(VLM_IMAGE, [*job.mounts(vqa_data), endpoint], network="host")
-        assert proc.returncode == 2 and "may not set base_url" in proc.stderr, proc.stderr
+        assert proc.returncode == 2, proc.stderr
+        assert "may not set base_url" in proc.stderr, proc.stderr
         job = Job(workdir / "vlm-noendpoint", samples, {"params": {}})
         proc = docker_run(VLM_IMAGE, job.mounts(vqa_data), network="none")
-        assert proc.returncode == 2 and "no endpoint configured" in proc.stderr, proc.stderr
+        assert proc.returncode == 2, proc.stderr
+        assert "no endpoint configured" in proc.stderr, proc.stderr
         assert srv.state.requests == 0
+
+
+RECEIPT = {
+    "store": "Corner Market",
+    "items": [{"name": "Milk", "qty": "2", "price": "2.40"}],
+    "total": "2.40",
+}
+JSON_OBJECT = {"type": "json_object"}
+
+
+@pytest.mark.docker
+def test_vlm_openai_kie_asks_for_one_json_object_in_json_mode(
+    model_images: None, workdir: Path, vqa_data: Path
+) -> None:
+    samples = [{"id": sid, "image": f"images/{sid}.png"} for sid in ("q1", "q2", "q3")]
+    job = Job(workdir / "vlm-kie", samples, {"params": {"max_concurrency": 2}, "task": "kie"})
+    with FakeOpenAI(reply=json.dumps(RECEIPT)) as srv:
+        endpoint = job.endpoint({"base_url": srv.base_url, "model": "fake-vlm"})
+        proc = docker_run(VLM_IMAGE, [*job.mounts(vqa_data), endpoint], network="host")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "task=kie json_mode=auto" in proc.stderr, proc.stderr[-2000:]
+    st = srv.state
+    assert st.response_formats == [JSON_OBJECT] * 3  # what the server received, each request
+    assert len(st.prompts) == 3
+    assert all(p.startswith("Extract the key information from this document") for p in st.prompts)
+    assert all("as one JSON object" in p for p in st.prompts)
+    for p in job.predictions().values():
+        assert p["error"] is None, p
+        assert json.loads(p["prediction"]) == RECEIPT
+        assert p["json_mode"] is True
+
+
+@pytest.mark.docker
+def test_vlm_openai_kie_falls_back_once_when_the_endpoint_refuses_response_format(
+    model_images: None, workdir: Path, vqa_data: Path
+) -> None:
+    """json_mode auto: the first refusal (HTTP 400) turns JSON mode off for the shard; the prompt stays."""
+    samples = [{"id": sid, "image": f"images/{sid}.png"} for sid in ("q1", "q2", "q3")]
+    job = Job(workdir / "vlm-kie-fallback", samples, {"params": {"max_concurrency": 1}, "task": "kie"})
+    with FakeOpenAI(reply=json.dumps(RECEIPT), reject_response_format=True) as srv:
+        endpoint = job.endpoint({"base_url": srv.base_url, "model": "fake-vlm"})
+        proc = docker_run(VLM_IMAGE, [*job.mounts(vqa_data), endpoint], network="host")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    st = srv.state
+    # one refused request with response_format, then the three answers without it
+    assert st.response_formats == [JSON_OBJECT, None, None, None]
+    assert st.statuses == [400, 200, 200, 200]
+    assert proc.stderr.count("the endpoint refused response_format json_object") == 1, proc.stderr
+    preds = job.predictions()
+    for p in preds.values():
+        assert p["error"] is None, p
+        assert json.loads(p["prediction"]) == RECEIPT
+        assert p["json_mode"] is False
+    assert sorted(p["attempts"] for p in preds.values()) == [1, 1, 2]
+
+
+@pytest.mark.docker
+def test_vlm_openai_json_mode_on_makes_a_refusal_each_sample_s_clear_error(
+    model_images: None, workdir: Path, vqa_data: Path
+) -> None:
+    samples = [{"id": sid, "image": f"images/{sid}.png"} for sid in ("q1", "q2")]
+    job = Job(workdir / "vlm-kie-on", samples, {"params": {"json_mode": "on"}, "task": "kie"})
+    with FakeOpenAI(reject_response_format=True) as srv:
+        endpoint = job.endpoint({"base_url": srv.base_url, "model": "fake-vlm"})
+        proc = docker_run(VLM_IMAGE, [*job.mounts(vqa_data), endpoint], network="host")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert srv.state.response_formats == [JSON_OBJECT, JSON_OBJECT]
+    for p in job.predictions().values():
+        assert p["prediction"] is None
+        assert "HTTP 400: " in p["error"], p
+        assert "the endpoint refused response_format json_object" in p["error"], p
+        assert "json_mode to 'auto'" in p["error"], p
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize(
+    ("task", "prompt_start", "reply"),
+    [
+        (
+            "page",
+            "Convert this document page to Markdown",
+            "# Title\n\nText.\n\n| a | b |\n|---|---|\n| 1 | 2 |",
+        ),
+        ("table", "Convert the table in this image to HTML", "<table><tr><td>1</td></tr></table>"),
+    ],
+)
+def test_vlm_openai_page_and_table_prompts_without_json_mode(
+    model_images: None, workdir: Path, vqa_data: Path, task: str, prompt_start: str, reply: str
+) -> None:
+    job = Job(workdir / f"vlm-{task}", [{"id": "q1", "image": "images/q1.png"}], {"params": {}, "task": task})
+    with FakeOpenAI(reply=reply) as srv:
+        endpoint = job.endpoint({"base_url": srv.base_url, "model": "fake-vlm"})
+        proc = docker_run(VLM_IMAGE, [*job.mounts(vqa_data), endpoint], network="host")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert srv.state.response_formats == [None]
+    assert srv.state.prompts[0].startswith(prompt_start), srv.state.prompts
+    pred = job.predictions()["q1"]
+    assert pred["prediction"] == reply
+    assert pred["json_mode"] is False
 
 
 def test_vlm_openai_request_shape_without_docker(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -345,8 +449,21 @@ def test_vlm_openai_request_shape_without_docker(monkeypatch: pytest.MonkeyPatch
         v.chat_url("file:///etc/passwd")
     with pytest.raises(v.ConfigError):
         v.load_options({"params": {"max_concurrency": 9}}, ep)  # above the operator's cap of 8
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a PNG, JPEG, GIF or WebP image"):
         v.image_mime(b"GIF00a not an image")
+    # JSON mode: on by default ("auto") for kie only, in the body only when asked for
+    assert v.load_options({"params": {}, "task": "kie"}, ep).json_mode == "auto"
+    assert v.load_options({"params": {}, "task": "page"}, ep).json_mode == "off"
+    assert v.load_options({"params": {"json_mode": "on"}, "task": "table"}, ep).json_mode == "on"
+    with pytest.raises(v.ConfigError, match="json_mode must be one of"):
+        v.load_options({"params": {"json_mode": True}, "task": "kie"}, ep)
+    kie = v.load_options({"params": {}, "task": "kie"}, ep)
+    assert v.build_request({"id": "a"}, png, kie, "m", json_object=True)["response_format"] == {
+        "type": "json_object"
+    }
+    assert "response_format" not in v.build_request({"id": "a"}, png, kie, "m")
+    with pytest.raises(v.ConfigError, match="task must be one of"):
+        v.load_options({"params": {}, "task": "speech"}, ep)
 
 
 # ----------------------------------------------------------------------------- validate_image
@@ -364,7 +481,8 @@ def run_validator(argv: list[str]) -> tuple[int, str]:
 def test_validate_image_passes_the_template(model_images: None) -> None:
     code, out = run_validator([TEMPLATE_IMAGE])
     assert code == 0, out
-    assert "RESULT: PASS" in out and "FAIL " not in out
+    assert "RESULT: PASS" in out
+    assert "FAIL " not in out
     assert "--network none" in out
 
 
@@ -429,7 +547,8 @@ def test_validate_image_fails_a_broken_image_with_clear_messages(broken_image: s
     assert lines["PASS  container exits 0 under the hardened options"]
     assert "prediction must be a string or null, got int" in out
     assert "latency_ms must be a number >= 0 or null, got -1" in out
-    assert "FAIL  exactly one prediction per sample (3)" in out and "more than one prediction for" in out
+    assert "FAIL  exactly one prediction per sample (3)" in out
+    assert "more than one prediction for" in out
     assert "FAIL  no prediction for an id that is not in the shard: unknown ids ['not-in-shard']" in out
     assert "FAIL  progress.json is {done, total} with done == total: done=1 total=3" in out
     assert out.strip().endswith("RESULT: FAIL (4 of 7 checks failed)")
@@ -523,10 +642,13 @@ def test_vllm_entry_batches_isolates_failures_and_records_usage(
     assert llm.batches == [4, 1, 1, 1, 1, 1]  # the batch with the poison is retried one by one
     rows = {r["id"]: r for r in read_jsonl(job / "output" / "predictions.jsonl")}
     assert set(rows) == {s["id"] for s in samples}
-    assert rows["s0"]["prediction"] == "q0" and rows["s0"]["error"] is None
+    assert rows["s0"]["prediction"] == "q0"
+    assert rows["s0"]["error"] is None
     assert rows["s0"]["usage"] == {"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8}
-    assert rows["s4"]["batch_size"] == 1 and rows["s0"]["batch_size"] == 1
-    assert "engine rejected" in rows["s3"]["error"] and rows["s3"]["prediction"] is None
+    assert rows["s4"]["batch_size"] == 1
+    assert rows["s0"]["batch_size"] == 1
+    assert "engine rejected" in rows["s3"]["error"]
+    assert rows["s3"]["prediction"] is None
     assert "image not found" in rows["gone"]["error"]
     assert json.loads((job / "output" / "progress.json").read_text())["done"] == 6
     monkeypatch.setenv("HB_MODEL_DIR", str(tmp_path / "no-model"))
@@ -534,16 +656,17 @@ def test_vllm_entry_batches_isolates_failures_and_records_usage(
         v.make_engine(opts)  # vLLM missing here, or no weights mounted: a configuration error
 
 
-# --------------------------------------------------------------------------- ocr-rapidocr: CPU or CUDA
+# ------------------------------------------------------- ocr-rapidocr, table-rapidtable: CPU or CUDA
 
 
 @pytest.fixture
 def ocr_providers(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """images/ocr-rapidocr/ocr_providers.py: stdlib only, so no onnxruntime or GPU is needed here."""
-    monkeypatch.syspath_prepend(str(ROOT / "images" / "ocr-rapidocr"))
-    import ocr_providers
+    """The SDK's hyperbench_sdk.providers (both ONNX images choose with it): stdlib only, so no
+    onnxruntime or GPU is needed here."""
+    monkeypatch.syspath_prepend(str(ROOT / "images" / "sdk"))
+    from hyperbench_sdk import providers
 
-    return ocr_providers
+    return providers
 
 
 CPU_WHEEL = ["AzureExecutionProvider", "CPUExecutionProvider"]  # onnxruntime 1.32 here
@@ -601,7 +724,8 @@ def test_the_rapidocr_image_logs_the_provider_it_runs_on(workdir: Path, ocr_data
     assert "selected CPUExecutionProvider" in proc.stderr, proc.stderr[-3000:]
     assert "sessions run on {'det': 'CPUExecutionProvider'" in proc.stderr, proc.stderr[-3000:]
     pred = job.predictions()["t1"]
-    assert pred["error"] is None and "quick brown fox" in pred["prediction"], pred
+    assert pred["error"] is None, pred
+    assert "quick brown fox" in pred["prediction"], pred
 
 
 @pytest.mark.docker
@@ -612,6 +736,64 @@ def test_the_rapidocr_image_fails_the_shard_when_cuda_is_demanded_without_a_gpu(
     job = Job(workdir / "rapidocr-cuda-job", samples, {"params": {"device": "cuda"}, "task": "ocr"})
 
     proc = docker_run(f"hyperbench/ocr-rapidocr:{VERSION}", job.mounts(ocr_data))
+
+    assert proc.returncode != 0  # a configuration error, not a CPU run under a GPU label
+    assert "device 'cuda' was asked for" in proc.stderr, proc.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------- table-rapidtable
+
+
+@pytest.fixture(scope="module")
+def table_data(workdir: Path) -> Path:
+    """The first two tables of scripts/make_sample_tables.py (ruled on every edge: a plain one and
+    one closed by a total row that spans two columns) and a file that is no image."""
+    from tests.conftest import load_script
+
+    data = workdir / "table-data"
+    load_script("make_sample_tables").write_dataset(data, 2, 11)
+    (data / "images" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image \x00\xff" * 20)
+    open_tree(data)
+    return data
+
+
+@pytest.mark.docker
+def test_the_table_image_reads_ruled_tables_with_their_spans_and_logs_the_provider_it_runs_on(
+    workdir: Path, table_data: Path
+) -> None:
+    manifest = read_jsonl(table_data / "manifest.jsonl")
+    samples = [{"id": s["id"], "image": s["image"]} for s in manifest] + [
+        {"id": "bad", "image": "images/bad.png"}
+    ]
+    job = Job(workdir / "table-job", samples, {"params": {}, "task": "table"})
+
+    proc = docker_run(f"hyperbench/table-rapidtable:{VERSION}", job.mounts(table_data))
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "selected CPUExecutionProvider" in proc.stderr, proc.stderr[-3000:]
+    cpu = "'CPUExecutionProvider'"
+    assert f"sessions run on {{'structure': {cpu}, 'det': {cpu}, 'rec': {cpu}}}" in proc.stderr, proc.stderr[
+        -3000:
+    ]
+    preds = job.predictions()
+    assert preds["bad"]["prediction"] is None
+    assert preds["bad"]["error"], preds["bad"]
+    # Two clean ruled tables are read exactly: every cell, its text and the colspan of the total row.
+    # SLANet-plus predicts no <thead>/<tbody> (table_entry.py's docstring): the one difference allowed.
+    for sample in manifest:
+        pred = preds[sample["id"]]
+        assert pred["error"] is None, pred
+        assert pred["prediction"] == re.sub(r"</?t(?:head|body)>", "", sample["html"]), (pred, sample["html"])
+
+
+@pytest.mark.docker
+def test_the_table_image_fails_the_shard_when_cuda_is_demanded_without_a_gpu(
+    workdir: Path, table_data: Path
+) -> None:
+    samples = [{"id": "table-0000", "image": "images/table-0000.png"}]
+    job = Job(workdir / "table-cuda-job", samples, {"params": {"device": "cuda"}, "task": "table"})
+
+    proc = docker_run(f"hyperbench/table-rapidtable:{VERSION}", job.mounts(table_data))
 
     assert proc.returncode != 0  # a configuration error, not a CPU run under a GPU label
     assert "device 'cuda' was asked for" in proc.stderr, proc.stderr[-3000:]

@@ -82,19 +82,23 @@ def test_a_cold_sync_fetches_and_verifies_every_file_and_a_resync_makes_no_reque
     ticks: list[SyncProgress] = []
     cache = _cache(cache_root, s3_proxy, "hb-cold")
     result = cache.sync(ref, on_progress=ticks.append)
-    assert result.fetched_files == 60 and not result.already_complete
+    assert result.fetched_files == 60
+    assert not result.already_complete
     files = _files(result.path)
     assert len(files) == 62  # 60 images + manifest.jsonl + dataset.json
     for row in map(json.loads, files["manifest.jsonl"].splitlines()):
         assert hashlib.sha256(files[row["image"]]).hexdigest() == row["sha256"]
     assert (result.path / MARKER).is_file()
     assert result.path == cache_root / "datasets" / "docs" / ref["manifest_sha256"]
-    assert ticks[-1].phase == "done" and ticks[-1].files_done == 60 and ticks[-1].bytes_done == 60 * 2048
+    assert ticks[-1].phase == "done"
+    assert ticks[-1].files_done == 60
+    assert ticks[-1].bytes_done == 60 * 2048
     assert not list((cache_root / "staging").iterdir())
 
     s3_proxy.reset()
     again = cache.sync(ref)
-    assert again.already_complete and again.fetched_files == 0
+    assert again.already_complete
+    assert again.fetched_files == 0
     assert s3_proxy.counts == {}, "a no-op re-sync must not send a single request"
 
 
@@ -111,16 +115,19 @@ def test_eight_processes_syncing_at_once_fetch_every_object_exactly_once(
     outs = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     gets = _image_gets(s3_proxy, "hb-eight")
-    assert len(gets) == 200 and set(gets.values()) == {1}, "every image fetched exactly once"
+    assert len(gets) == 200, "every image fetched exactly once"
+    assert set(gets.values()) == {1}, "every image fetched exactly once"
     assert s3_proxy.gets("/hb-eight/v1/manifest.jsonl") == {"/hb-eight/v1/manifest.jsonl": 1}
     assert sum(o["fetched_files"] for o in outs) == 200
-    assert len({o["digest"] for o in outs}) == 1 and len({o["path"] for o in outs}) == 1
+    assert len({o["digest"] for o in outs}) == 1
+    assert len({o["path"] for o in outs}) == 1
 
 
 def test_a_sync_killed_mid_download_leaves_no_final_file_and_no_marker_and_the_next_sync_completes(
     s3_server: SeaweedS3, s3_proxy: FaultProxy, cache_root: Path
 ) -> None:
-    ref = make_dataset(s3_server.client(), "hb-kill", "v1/", count=40, size=300_000)
+    # over 1 MB: streamed in chunks (smaller bodies land in one write), so a .part is caught half-written
+    ref = make_dataset(s3_server.client(), "hb-kill", "v1/", count=16, size=1_500_000)
     s3_proxy.add(Rule("slow", "/images/", times=-1, delay_per_chunk_s=0.2))
     args = json.dumps(
         {"root": str(cache_root), "endpoint": s3_proxy.url, "bucket": "hb-kill", "ref": ref, "concurrency": 4}
@@ -146,7 +153,8 @@ def test_a_sync_killed_mid_download_leaves_no_final_file_and_no_marker_and_the_n
 
     s3_proxy.reset()
     result = _cache(cache_root, s3_proxy, "hb-kill").sync(ref)
-    assert (vdir / MARKER).is_file() and not staging.exists()
+    assert (vdir / MARKER).is_file()
+    assert not staging.exists()
     for row in rows:
         assert hashlib.sha256((vdir / row["image"]).read_bytes()).hexdigest() == row["sha256"]
     assert 0 < result.fetched_files < len(rows) or result.fetched_files == len(rows)
@@ -186,11 +194,13 @@ def test_when_retries_are_exhausted_the_sync_fails_cleanly_with_no_marker(
     s3_proxy.add(Rule("503", "doc-00003", times=-1))
     with pytest.raises(HostError) as err:
         _cache(cache_root, s3_proxy, "hb-exhaust").sync(ref)
-    assert "after 4 attempts" in str(err.value) and "SlowDown" in str(err.value)
+    assert "after 4 attempts" in str(err.value)
+    assert "SlowDown" in str(err.value)
     assert not err.value.permanent
     assert s3_proxy.gets("doc-00003") == {"/hb-exhaust/v1/images/3/doc-00003.png": 4}
     vdir = cache_root / "datasets" / "docs" / ref["manifest_sha256"]
-    assert not (vdir / MARKER).exists() and not (vdir / "images/3/doc-00003.png").exists()
+    assert not (vdir / MARKER).exists()
+    assert not (vdir / "images/3/doc-00003.png").exists()
     assert not (cache_root / "staging" / f"docs-{ref['manifest_sha256']}").exists()
 
 
@@ -214,7 +224,8 @@ def test_a_byte_flipped_after_completion_is_detected_before_use_and_refetched(
         os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
         s3_proxy.reset()
         result = cache.sync(ref)
-        assert result.repaired_files == 1 and result.fetched_files == 1
+        assert result.repaired_files == 1
+        assert result.fetched_files == 1
         assert victim.read_bytes() == good
         assert _image_gets(s3_proxy, bucket) == {f"/{bucket}/v1/images/2/doc-00006.png": 1}
 
@@ -330,7 +341,9 @@ def test_lru_eviction_never_evicts_a_version_in_use(
         assert names == {"d0", "d2"}
         assert (in_use / MARKER).is_file()
         entry = next(e for e in cache.entries() if e.name == "d0")
-        assert entry.in_use and entry.complete and entry.bytes > 100_000
+        assert entry.in_use
+        assert entry.complete
+        assert entry.bytes > 100_000
         with cache.lease(refs[2]), pytest.raises(HostError, match="in use"):
             cache.sync(refs[3])  # d0 and d2 both in use: cannot make room
     cache.sync(refs[3])  # now d0 (least recently used) may go
@@ -372,7 +385,8 @@ def test_a_new_version_copies_unchanged_files_and_fetches_only_the_changes(
     v2 = dict(v1, manifest_sha256=hashlib.sha256(manifest).hexdigest(), sample_count=len(rows))
     s3_proxy.reset()
     result = cache.sync(v2)  # type: ignore[arg-type]
-    assert result.fetched_files == 5 and result.reused_files == 98
+    assert result.fetched_files == 5
+    assert result.reused_files == 98
     assert len(_image_gets(s3_proxy, "hb-incr")) == 5
 
 
@@ -412,7 +426,8 @@ def test_the_task_side_lease_syncs_from_host_settings_and_holds_the_version(
     fd = os.open(lease, os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released with the block
     os.close(fd)
-    assert ticks and ticks[-1].phase == "done"
+    assert ticks
+    assert ticks[-1].phase == "done"
 
 
 def test_registration_validates_an_s3_version_streaming_and_names_the_bad_lines(s3_server: SeaweedS3) -> None:
@@ -420,7 +435,8 @@ def test_registration_validates_an_s3_version_streaming_and_names_the_bad_lines(
     ref = make_dataset(client, "hb-validate", "good/", count=30)
     summary = validate_s3(ref["uri"], client, buckets=["hb-validate"])
     assert summary["manifest_sha256"] == ref["manifest_sha256"]
-    assert summary["sample_count"] == 30 and summary["total_bytes"] == 30 * 2048
+    assert summary["sample_count"] == 30
+    assert summary["total_bytes"] == 30 * 2048
     assert (summary["name"], summary["task"]) == ("docs", "ocr")
 
     bad_lines: list[dict[str, Any]] = [
@@ -448,7 +464,8 @@ def test_registration_validates_an_s3_version_streaming_and_names_the_bad_lines(
         (8, "absolute"),
         (9, "invalid JSON"),
     ]:
-        assert f"line {n}: " in text and what in text, (n, what, text)
+        assert f"line {n}: " in text, (n, what, text)
+        assert what in text, (n, what, text)
     with pytest.raises(ManifestError, match="not one of the allowed"):
         validate_s3("s3://elsewhere/x/", client, buckets=["hb-validate"])
 

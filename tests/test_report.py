@@ -17,6 +17,8 @@ code, imported on the host to keep the test fast).
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import re
@@ -33,7 +35,7 @@ from PIL import Image, ImageDraw, ImageFont
 from rest_framework.test import APIClient
 
 from apps.runs.models import Run
-from apps.runs.services import _timings
+from apps.runs.selectors import run_timings
 from hyperbench_web.devstack import Stack
 from tests.conftest import (
     create_experiment,
@@ -48,7 +50,7 @@ sys.path.insert(0, str(ROOT / "images" / "eval"))
 sys.path.insert(0, str(ROOT / "images" / "report"))
 
 import evaluate as ev  # noqa: E402
-import report as rp  # noqa: E402
+import hb_report as rp  # noqa: E402
 
 VERSION = (ROOT / "images" / "VERSION").read_text().strip()
 REPORT_IMAGE = os.environ.get("HB_TEST_REPORT_IMAGE", f"hyperbench/report:{VERSION}")
@@ -137,7 +139,7 @@ def _run_inputs(
                 "params": {"temperature": 0, "max_tokens": 512},
                 "prompt": "Transcribe the page <exactly>.",
                 "shards": 1,
-                # the keys apps.runs.services._timings produces (a real run's are checked in
+                # the keys apps.runs.selectors.run_timings produces (a real run's are checked in
                 # test_a_real_runs_report_shows_its_timings_and_gpu_seconds)
                 "sync_s": 1.4,
                 "inference_s": 12.5,
@@ -198,7 +200,8 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _no_network_refs(page: str) -> None:
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
-    assert "http://" not in page and "https://" not in page
+    assert "http://" not in page
+    assert "https://" not in page
     assert "<script" not in page.replace("&lt;script", "")  # no script of ours, predictions escaped
 
 
@@ -216,8 +219,10 @@ def test_run_report_content(reports: dict[str, Path]) -> None:
         assert needle in page, needle
     assert page.count("data:image/jpeg;base64,") == 6
     # one row per fact: the prompt once, the timings in their own section only
-    assert page.count("<td>Prompt</td>") == 1 and "<td>prompt</td>" not in page
-    assert "<td>sync_s</td>" not in page and "<td>gpu_seconds</td>" not in page
+    assert page.count("<td>Prompt</td>") == 1
+    assert "<td>prompt</td>" not in page
+    assert "<td>sync_s</td>" not in page
+    assert "<td>gpu_seconds</td>" not in page
     timing = page[page.index("<h2>Timing and throughput</h2>") :]
     for label, figure in (
         ("Dataset sync, sum over shards", "1.40 s"),
@@ -245,11 +250,15 @@ def test_comparison_report_content(reports: dict[str, Path]) -> None:
     assert re.search(
         r"<td>C − A</td><td>cer</td><td class=num>\+0\.0000</td>.*?<td class=num>1\.0000</td>", page
     )
-    assert "Paired bootstrap" in page and "P(B better)" in page and "p-value" in page
-    assert "Where the runs disagree most" in page and "spread" in page
+    assert "Paired bootstrap" in page
+    assert "P(B better)" in page
+    assert "p-value" in page
+    assert "Where the runs disagree most" in page
+    assert "spread" in page
     # B is better on CER (a negative difference, lower is better)
     row = re.search(r"<td>B − A</td><td>cer</td><td class=num>([+-][0-9.]+)</td>", page)
-    assert row and float(row.group(1)) < 0
+    assert row
+    assert float(row.group(1)) < 0
 
 
 @pytest.mark.docker
@@ -265,7 +274,8 @@ def test_comparison_refuses_mixed_metric_versions(reports: dict[str, Path], tmp_
     od.mkdir()
     od.chmod(0o777)
     proc = _docker_report([f"{runs}:/job/input/runs:ro", f"{od}:/job/output"])
-    assert proc.returncode == 2 and "metric_version differs" in proc.stderr, proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert "metric_version differs" in proc.stderr, proc.stderr
     assert not (od / "report.html").exists()
 
 
@@ -278,9 +288,12 @@ def _run_data(run: dict[str, Any], per_sample: list[dict[str, Any]] | None = Non
 
 def test_the_summary_shows_an_empty_prompt_once() -> None:
     html = rp.summary_table(_run_data({"model": "m", "prompt": "", "image_digest": "", "sync_s": 0.2}))
-    assert html.count("Prompt") == 1 and "none (empty)" in html
-    assert html.count("Image digest") == 1 and "not recorded" in html
-    assert "prompt" not in html and "sync_s" not in html
+    assert html.count("Prompt") == 1
+    assert "none (empty)" in html
+    assert html.count("Image digest") == 1
+    assert "not recorded" in html
+    assert "prompt" not in html
+    assert "sync_s" not in html
 
 
 def test_timing_phases_never_count_the_sync_twice() -> None:
@@ -292,7 +305,8 @@ def test_timing_phases_never_count_the_sync_twice() -> None:
     assert rp.timing_phases({"evaluation_s": 1.0}) == [("Evaluation", 1.0)]
     html = rp.timing_section(_run_data({"inference_s": 4.0, "gpu_seconds": 0.0}))
     assert "<td>Dataset sync, sum over shards</td><td class='num muted'>not recorded</td>" in html
-    assert "0.0 (no GPU held)" in html and "1.00 samples/s" in html
+    assert "0.0 (no GPU held)" in html
+    assert "1.00 samples/s" in html
 
 
 def test_length_buckets_never_split_one_length_over_two_bars() -> None:
@@ -357,7 +371,8 @@ def _screenshot(page: Path, tmp: Path, height: int = 3000) -> Path:
         [f"--screenshot={png}", f"--window-size=1280,{height}", "--virtual-time-budget=15000", page.as_uri()],
         tmp / "profile-shot",
     )
-    assert proc.returncode == 0 and png.is_file(), proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert png.is_file(), proc.stderr[-2000:]
     keep = os.environ.get("HB_TEST_SCREENSHOT_DIR")
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
@@ -389,12 +404,15 @@ def test_run_report_renders_in_chromium(reports: dict[str, Path], tmp_path: Path
     assert any("timing" in (x or "") for x in labels), labels
     for c in result["charts"]:
         w, h = c["size"]
-        assert w >= 200 and h >= 40 and c["marks"] >= 3, c
+        assert w >= 200, c
+        assert h >= 40, c
+        assert c["marks"] >= 3, c
     assert len(result["images"]) == 6
     for img in result["images"]:
-        assert img["complete"] and img["natural"][0] > 100 and img["size"][0] > 100 and img["size"][1] > 20, (
-            img
-        )
+        assert img["complete"], img
+        assert img["natural"][0] > 100, img
+        assert img["size"][0] > 100, img
+        assert img["size"][1] > 20, img
     _assert_not_blank(_screenshot(reports["run"], tmp_path))
 
 
@@ -405,10 +423,14 @@ def test_comparison_report_renders_in_chromium(reports: dict[str, Path], tmp_pat
     labels = [c["label"] for c in result["charts"]]
     assert labels == ["differences", "per-sample scatter"], labels
     for c in result["charts"]:
-        assert c["size"][0] >= 200 and c["size"][1] >= 80 and c["marks"] >= 5, c
+        assert c["size"][0] >= 200, c
+        assert c["size"][1] >= 80, c
+        assert c["marks"] >= 5, c
     assert result["images"], "the disagreement gallery shows the page images"
     for img in result["images"]:
-        assert img["complete"] and img["natural"][0] > 100 and img["size"][0] > 100, img
+        assert img["complete"], img
+        assert img["natural"][0] > 100, img
+        assert img["size"][0] > 100, img
     _assert_not_blank(_screenshot(reports["compare"], tmp_path, height=2600))
 
 
@@ -431,14 +453,17 @@ def test_a_real_runs_report_shows_its_timings_and_gpu_seconds(
 
     assert data["state"] == "succeeded", data["error_reason"]
     run = Run.objects.get(pk=data["id"])
-    facts = _timings(run)
+    facts = run_timings(run)
     # each of the 2 shards reported its own dataset sync (a local dir: the manifest check)
-    syncs = [e.data["sync_s"] for e in run.events.filter(kind="shard_succeeded")]
-    assert len(syncs) == 2 and all(isinstance(x, float) and x >= 0 for x in syncs), syncs
+    syncs = [e.data["sync_s"] for e in run.events.filter(kind="shard_succeeded") if e.data is not None]
+    assert len(syncs) == 2, syncs
+    assert all(isinstance(x, float) and x >= 0 for x in syncs), syncs
     assert facts["sync_s"] == pytest.approx(sum(syncs), abs=1e-3)
     assert 0 <= facts["sync_s"] <= 2 * facts["inference_s"]
-    assert facts["container_s"] == pytest.approx(run.inference_s, abs=0.01) and facts["container_s"] > 0
-    assert facts["evaluation_s"] > 0 and facts["gpu_seconds"] == 0.0  # a CPU model holds no GPU
+    assert facts["container_s"] == pytest.approx(run.inference_s, abs=0.01)
+    assert facts["container_s"] > 0
+    assert facts["evaluation_s"] > 0
+    assert facts["gpu_seconds"] == 0.0  # a CPU model holds no GPU
     html = Path(unquote(urlparse(run.report_uri).path)).read_text(encoding="utf-8")
     timing = html[html.index("<h2>Timing and throughput</h2>") :]
     for label, key in (
@@ -451,3 +476,172 @@ def test_a_real_runs_report_shows_its_timings_and_gpu_seconds(
         assert f"<td>{label}</td><td class=num>{figure}</td>" in timing, (label, figure)
     assert "<td>GPU-seconds</td><td class=num>0.0 (no GPU held)</td>" in timing
     assert "Inference incl. sync" in timing  # 2 shards: their syncs overlap, shown within inference
+
+
+# ----------------------------------------------------------------------------- golden pages, no Docker
+#
+# Fixed inputs (written by hand, not by the eval image, so only the report code shapes the page)
+# rendered in-process and compared byte for byte with tests/golden/report/*.html. Two things are
+# normalised first: the footer's generation time, and each thumbnail's JPEG bytes (they belong to
+# Pillow's encoder; each must still decode). Regenerate after an intended change of the output with
+#   HB_UPDATE_GOLDEN=1 pytest tests/test_report.py -k golden
+# and review the diff.
+
+GOLDEN = ROOT / "tests" / "golden" / "report"
+_GOLDEN_TEXTS = {
+    "g-1": ("invoice", "Total 12.50 EUR"),
+    "g-2": ("invoice", "Order <7781> & co"),
+    "g-3": ("letter", "Dear Ms. Novak"),
+    "g-4": ("receipt", "Coffee 3.20"),
+    "g-5": ("receipt", "Thank you"),
+}
+# per run: id -> (prediction, char_edits, word_edits, latency_ms, error)
+_GoldenRow = tuple[str | None, int, int, float, str | None]
+_GOLDEN_RUNS: dict[str, dict[str, _GoldenRow]] = {
+    "0": {
+        "g-1": ("Total 12.5O EUR", 1, 1, 120.0, None),
+        "g-2": ("Order <7781> co", 2, 1, 98.5, None),
+        "g-3": (None, 14, 3, 0.0, "CUDA error: out of memory"),
+        "g-4": ("Cofee 3.2", 2, 2, 143.25, None),
+        "g-5": ("", 9, 2, 77.0, None),
+    },
+    "1": {
+        "g-1": ("Total 12.50 EUR", 0, 0, 110.0, None),
+        "g-2": ("Order <7781> & co", 0, 0, 101.0, None),
+        "g-3": ("Dear Ms Novak", 1, 1, 95.0, None),
+        "g-4": ("Coffee 3.20 <script>x</script>", 18, 1, 130.0, None),
+        "g-5": ("Thank you", 0, 0, 90.0, None),
+    },
+    "2": {  # g-5 missing: only the samples every run has are compared
+        "g-1": ("Total 12.5O EUR", 1, 1, 120.0, None),
+        "g-2": ("Order <7781> co", 2, 1, 98.5, None),
+        "g-3": (None, 14, 3, 0.0, "CUDA error: out of memory"),
+        "g-4": ("Cofee 3.2", 2, 2, 143.25, None),
+    },
+}
+
+
+def _golden_png(path: Path, shade: int) -> None:
+    im = Image.new("RGB", (160, 60), (250, 250, 246))
+    ImageDraw.Draw(im).rectangle([10, 10, 150, 50], fill=(shade, 40, 90))
+    im.save(path)
+
+
+def _golden_run(root: Path, key: str, *, categories: bool) -> Path:
+    inp = root / "runs" / key
+    inp.mkdir(parents=True)
+    per_sample, predictions = [], []
+    for sid, (pred, ce, we, lat, err) in _GOLDEN_RUNS[key].items():
+        cat, ref = _GOLDEN_TEXTS[sid]
+        ref_len, words = len(ref), len(ref.split())
+        row: dict[str, Any] = {
+            "id": sid,
+            "image": {"g-4": "missing.png", "g-5": "../outside.png"}.get(sid, f"img/{sid}.png"),
+            "reference": ref,
+            "prediction": pred,
+            "error": err,
+            "missing": False,
+            "char_edits": ce,
+            "char_ref_len": ref_len,
+            "word_edits": we,
+            "word_ref_len": words,
+            "cer": round(ce / ref_len, 6),
+            "wer": round(we / words, 6),
+            "ned": round(min(ce / ref_len, 1.0), 6),
+            "ref_chars": ref_len,
+            "latency_ms": lat,
+        }
+        if categories:
+            row["category"] = cat
+        if sid == "g-2":
+            row["question"] = "What is ordered?"
+            row["answers"] = [ref, "Order 7781", "the order"]
+        per_sample.append(row)
+        predictions.append({"id": sid, "prediction": pred, "latency_ms": lat, "error": err})
+    n, errors = len(per_sample), sum(1 for r in per_sample if r["error"])
+    metrics = {
+        "task": "ocr",
+        "dataset": {"name": "golden", "version": "1"},
+        "metric_version": "2.1",
+        "primary_metric": "cer",
+        "n": n,
+        "errors": errors,
+        "missing": 0,
+        "metrics": {
+            "cer": {"value": 0.25 - 0.1 * int(key == "1"), "ci95": [0.1, 0.4]},
+            "wer": {"value": 0.5, "ci95": [0.25, 0.75]},
+            "ned": {"value": 0.2, "ci95": [0.05, 0.35]},
+        },
+        "bootstrap": {"resamples": 1000, "seed": 20240601},
+        "latency_ms": {"mean": 100.0, "p50": 98.5, "p95": 140.625, "max": 143.25},
+        "elapsed_s": 0.75,
+        "normalization": {"unicode": "NFC", "whitespace": "collapse"},
+        "policy": {"empty_prediction": "scored", "failed_sample": "worst value"},
+    }
+    run = {
+        "run_id": 70 + int(key),
+        "experiment": "golden",
+        "owner": "alice",
+        "model": {"name": f"ocr-{key}"},
+        "image": f"hyperbench/ocr-{key}:0.1.0",
+        "image_digest": f"sha256:{'cd' * 32}" if key != "2" else "",
+        "dataset": "golden@1",
+        "task": "ocr",
+        "manifest_sha256": "f00d" * 16,
+        "samples": n,
+        "shards": 1 if categories else 3,
+        "params": {"temperature": 0, "stop": ["\n\n"]},
+        "prompt": "Read <it> all." if key != "1" else "",
+        "sync_s": 0.5,
+        "inference_s": 6.25,
+        "container_s": 5.5,
+        "evaluation_s": 1.5,
+        "report_s": 0.25,
+        "gpu_seconds": 11.0,
+        "region": "eu-1",
+    }
+    if not categories:
+        for k in ("sync_s", "report_s", "gpu_seconds"):
+            del run[k]
+    (inp / "metrics.json").write_text(json.dumps(metrics))
+    (inp / "run.json").write_text(json.dumps(run))
+    (inp / "per_sample.jsonl").write_text("".join(json.dumps(r) + "\n" for r in per_sample))
+    (inp / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
+    return inp
+
+
+def _golden_pages(root: Path) -> dict[str, str]:
+    data = root / "data"
+    (data / "img").mkdir(parents=True)
+    for i, sid in enumerate(("g-1", "g-2", "g-3")):
+        _golden_png(data / "img" / f"{sid}.png", 60 * i)
+    a = _golden_run(root, "0", categories=True)
+    _golden_run(root, "1", categories=True)
+    _golden_run(root, "2", categories=True)
+    lengths = _golden_run(root / "lengths", "0", categories=False)
+    return {
+        "run.html": rp.build_report(data, a),
+        "run-lengths.html": rp.build_report(data, lengths),
+        "comparison.html": rp.build_comparison(data, root / "runs"),
+    }
+
+
+def _normalised(page: str) -> str:
+    page = re.sub(r"generated by hyperbench/report at [^<]*", "generated by hyperbench/report at TIME", page)
+    jpegs = re.findall(r'data:image/jpeg;base64,([A-Za-z0-9+/=]+)"', page)
+    for b64 in jpegs:
+        with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
+            assert im.format == "JPEG"
+            assert im.width > 0
+            assert im.height > 0
+    return re.sub(r'data:image/jpeg;base64,[A-Za-z0-9+/=]+"', 'data:image/jpeg;base64,THUMBNAIL"', page)
+
+
+@pytest.mark.parametrize("name", ["run.html", "run-lengths.html", "comparison.html"])
+def test_golden_pages_are_unchanged(name: str, tmp_path: Path) -> None:
+    page = _normalised(_golden_pages(tmp_path)[name])
+    expected = GOLDEN / name
+    if os.environ.get("HB_UPDATE_GOLDEN") == "1":
+        expected.parent.mkdir(parents=True, exist_ok=True)
+        expected.write_text(page, encoding="utf-8")
+    assert page == expected.read_text(encoding="utf-8"), f"{name} differs from {expected}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,10 @@ from s3_fixtures import ACCESS_KEY, REGION, SECRET_KEY, SeaweedS3, make_dataset
 from apps.catalog.models import Dataset, ModelImage
 from apps.hosts.models import Host
 from apps.hosts.services import host_report_record
+from apps.runs.events import event_record
 from apps.runs.models import Experiment, Run, RunEvent, RunShard
-from apps.runs.services import event_record
 from hyperbench_web.devstack import Stack
-from worker import contract, tasks, telemetry
+from worker import contract, stagekit, telemetry
 from worker.config import HostConfig, load
 from worker.datasync import dataset_lease
 from worker.nodecache import MARKER, CacheSettings, NodeCache, S3Settings
@@ -87,7 +88,7 @@ def test_sync_progress_reaches_the_run_api_and_admin_through_the_control_worker(
     run = _run(alice)
     ref = make_dataset(s3_server.client(), BUCKET, "events/v1/", count=8, size=4000, name="scans")
 
-    result = _cache(tmp_path / "cache", s3_server).sync(ref, on_progress=tasks._sync_progress(run.pk, 0))
+    result = _cache(tmp_path / "cache", s3_server).sync(ref, on_progress=stagekit.sync_progress(run.pk, 0))
     assert result.fetched_files == 8
 
     deadline = time.monotonic() + 30
@@ -98,15 +99,21 @@ def test_sync_progress_reaches_the_run_api_and_admin_through_the_control_worker(
         if sync and sync[0]["phase"] == "done":
             break
         time.sleep(0.3)
-    assert sync and sync[0]["phase"] == "done", body
+    assert sync, body
+    assert sync[0]["phase"] == "done", body
     tick = sync[0]
-    assert tick["shard"] == 0 and tick["host"] == load().hostname
+    assert tick["shard"] == 0
+    assert tick["host"] == load().hostname
     assert (tick["files_done"], tick["files_total"]) == (8, 8)
     assert tick["bytes_done"] == tick["bytes_total"] == 8 * 4000
-    assert tick["fetched_files"] == 8 and tick["fetched_bytes"] == 8 * 4000 and tick["rate_bps"] > 0
+    assert tick["fetched_files"] == 8
+    assert tick["fetched_bytes"] == 8 * 4000
+    assert tick["rate_bps"] > 0
     assert "8/8 files" in tick["message"]
     events = [e for e in body["events"] if e["stage"] == "sync"]
-    assert len(events) == 1 and events[0]["kind"] == "progress" and events[0]["data"]["files_done"] == 8
+    assert len(events) == 1
+    assert events[0]["kind"] == "progress"
+    assert events[0]["data"]["files_done"] == 8
     assert RunEvent.objects.filter(run=run, stage="sync").count() == 1  # ticks coalesce into one row
 
     page = _superuser_client().get(f"/admin/runs/run/{run.pk}/change/")
@@ -142,7 +149,7 @@ def test_a_late_sync_tick_never_overwrites_a_newer_one_and_a_tick_keeps_its_shar
     db: None, alice: Any, as_alice: APIClient
 ) -> None:
     run = _run(alice, shard_state=RunShard.State.RUNNING, host="gpu-1")
-    RunShard.objects.filter(run=run).update(updated_at=timezone.now() - timezone.timedelta(minutes=10))
+    RunShard.objects.filter(run=run).update(updated_at=timezone.now() - timedelta(minutes=10))
     now = time.time()
 
     event_record(event=_tick(run, now, 4))
@@ -154,11 +161,12 @@ def test_a_late_sync_tick_never_overwrites_a_newer_one_and_a_tick_keeps_its_shar
     sync = as_alice.get(f"/api/v1/runs/{run.pk}/").json()["sync"]
     by_shard = {s["shard"]: s for s in sync}
     assert set(by_shard) == {0, None}
-    assert by_shard[0]["files_done"] == 10 and by_shard[0]["phase"] == "done"
+    assert by_shard[0]["files_done"] == 10
+    assert by_shard[0]["phase"] == "done"
     assert by_shard[None]["files_done"] == 3
     assert RunEvent.objects.filter(run=run, stage="sync").count() == 2
     shard = RunShard.objects.get(run=run)
-    assert timezone.now() - shard.updated_at < timezone.timedelta(minutes=1)
+    assert timezone.now() - shard.updated_at < timedelta(minutes=1)
     assert shard.done == 0  # sync counts files, not the shard's samples
 
 
@@ -208,16 +216,19 @@ def test_a_host_reports_its_cached_versions_with_last_use_and_leases_and_the_api
     assert rec["last_used"] == pytest.approx(an_hour_ago, abs=1)
     assert time.time() - inv["last_used"] < 60
     on_disk = sum(p.stat().st_size for p in new_dir.rglob("*") if p.is_file() and p.name != MARKER)
-    assert inv["bytes"] == on_disk and rec["bytes"] > 3 * 1000
+    assert inv["bytes"] == on_disk
+    assert rec["bytes"] > 3 * 1000
     assert report["cache_bytes"] == inv["bytes"] + rec["bytes"]
     assert [c["name"] for c in report["cache"]] == ["invoices", "receipts"]  # most recently used first
     assert {c["name"]: c["in_use"] for c in after["cache"]} == {"invoices": False, "receipts": False}
     assert old_dir.is_dir()
 
     host = as_alice.get("/api/v1/hosts/cache-lister-01/").json()
-    assert host["cache_budget_bytes"] == 50 * 2**20 and host["cache_bytes"] == report["cache_bytes"]
+    assert host["cache_budget_bytes"] == 50 * 2**20
+    assert host["cache_bytes"] == report["cache_bytes"]
     shown = {c["name"]: c for c in host["cache"]}
-    assert shown["invoices"]["in_use"] is True and shown["invoices"]["version"] == "1"
+    assert shown["invoices"]["in_use"] is True
+    assert shown["invoices"]["version"] == "1"
     assert shown["receipts"]["last_used_at"].startswith(
         time.strftime("%Y-%m-%dT%H:%M", time.gmtime(an_hour_ago))
     )
@@ -226,16 +237,20 @@ def test_a_host_reports_its_cached_versions_with_last_use_and_leases_and_the_api
     page = _superuser_client().get(f"/admin/hosts/host/{pk}/change/")
     assert page.status_code == 200
     html = page.content.decode().replace("\xa0", " ")
-    assert "<th>last used</th>" in html and "in use" in html and "(1 hour ago)" in html
+    assert "<th>last used</th>" in html
+    assert "in use" in html
+    assert "(1 hour ago)" in html
 
 
 def test_a_host_reports_an_empty_cache_and_its_budget_before_anything_was_synced(
     host_cfg: HostConfig,
 ) -> None:
     report = telemetry.collect(host_cfg, "host@cache-lister-01")
-    assert report["cache"] == [] and report["cache_bytes"] == 0
+    assert report["cache"] == []
+    assert report["cache_bytes"] == 0
     assert report["cache_budget_bytes"] == 50 * 2**20
-    assert report["nvml"] is False and report["gpus"] == []  # no NVML on this machine
+    assert report["nvml"] is False  # no NVML on this machine
+    assert report["gpus"] == []
 
 
 def test_nvml_that_answers_with_zero_gpus_is_reported_as_present(
@@ -251,4 +266,5 @@ def test_nvml_that_answers_with_zero_gpus_is_reported_as_present(
 
     monkeypatch.setattr("worker.gpus._nvml", lambda: ZeroGpuNvml)
     report = telemetry.collect(host_cfg, "host@cache-lister-01")
-    assert report["nvml"] is True and report["gpus"] == []
+    assert report["nvml"] is True
+    assert report["gpus"] == []

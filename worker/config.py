@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_DIR = Path(__file__).resolve().parent.parent
+
+# This worker start's identity: made once per process tree (Celery's pool children are forked
+# after this module is imported, so they share it). A host that comes back with another one
+# lost everything its previous start was running; the control side re-dispatches that at once.
+INSTANCE_ID = uuid.uuid4().hex[:16]
 
 
 def _paths(value: str) -> list[Path]:
@@ -60,22 +66,29 @@ def _int(name: str, default: int) -> int:
 
 @dataclass(frozen=True)
 class HostConfig:
-    broker_url: str
+    broker_url: str = field(repr=False)  # may carry the host's broker password
     var_dir: Path
     work_dir: Path
     cache_dir: Path
     dataset_roots: list[Path]
     artifact_roots: list[Path]
     hostname: str
+    instance: str = INSTANCE_ID
     container_user: str = "10001:10001"
     tmpfs_mb: int = 512
-    log_tail_lines: int = 200
     visibility_timeout_s: int = 4 * 3600
     docker_timeout_s: int = 60
     gpu_wait_s: int = 3600
     gpu_retry_s: int = 15
     gpu_max_memory_used_fraction: float = 0.1
     heartbeat_s: int = 30
+    # Events (worker/events.py): a shard's progress at most once per flush interval, sent with
+    # every other waiting shard's as one message; sooner when this many shards wait.
+    event_flush_s: float = 1.0
+    event_batch_max: int = 500
+    upload_window_s: int = (
+        900  # how long a stage retries a transient artifact-store error (worker/publish.py)
+    )
     api_endpoint_hosts: tuple[str, ...] = ()  # empty: any endpoint a staff member registered
     # S3 datasets and the node cache (worker/nodecache.py); endpoint, keys and buckets come from here only.
     s3_endpoint_url: str | None = None
@@ -96,7 +109,11 @@ class HostConfig:
     artifact_s3_max_attempts: int = 5
     artifact_s3_connect_timeout_s: float = 10.0
     artifact_s3_read_timeout_s: float = 60.0
-    labels: dict[str, str] = field(default_factory=dict)
+    # A remote host's broker over TLS (worker/brokertls.py checks them; docs/operations.md,
+    # "Joining a remote host"): the CA bundle (or "system"), and an optional client certificate.
+    broker_ca_file: str = ""
+    broker_cert_file: str = ""
+    broker_key_file: str = ""
 
 
 def load() -> HostConfig:
@@ -114,6 +131,9 @@ def load() -> HostConfig:
         gpu_wait_s=_int("HYPERBENCH_GPU_WAIT_S", 3600),
         gpu_retry_s=_int("HYPERBENCH_GPU_RETRY_S", 15),
         heartbeat_s=_int("HYPERBENCH_HEARTBEAT_S", 30),
+        event_flush_s=_float("HYPERBENCH_EVENT_FLUSH_S", 1.0),
+        event_batch_max=_int("HYPERBENCH_EVENT_BATCH_MAX", 500),
+        upload_window_s=max(0, _int("HYPERBENCH_UPLOAD_WINDOW_S", 900)),
         api_endpoint_hosts=tuple(
             h for h in os.environ.get("HYPERBENCH_API_ENDPOINT_HOSTS", "").split(",") if h
         ),
@@ -133,4 +153,7 @@ def load() -> HostConfig:
         artifact_s3_max_attempts=max(1, _int("HYPERBENCH_ARTIFACTS_S3_MAX_ATTEMPTS", 5)),
         artifact_s3_connect_timeout_s=_float("HYPERBENCH_ARTIFACTS_S3_CONNECT_TIMEOUT_S", 10.0),
         artifact_s3_read_timeout_s=_float("HYPERBENCH_ARTIFACTS_S3_READ_TIMEOUT_S", 60.0),
+        broker_ca_file=os.environ.get("HYPERBENCH_BROKER_CA_FILE", "").strip(),
+        broker_cert_file=os.environ.get("HYPERBENCH_BROKER_CERT_FILE", "").strip(),
+        broker_key_file=os.environ.get("HYPERBENCH_BROKER_KEY_FILE", "").strip(),
     )

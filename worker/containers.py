@@ -8,6 +8,7 @@ Celery's time limits never reach into a container.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -28,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 LABEL_PREFIX = "org.hyperbench"
 MANAGED_LABEL = f"{LABEL_PREFIX}.managed"
+HOST_LABEL = f"{LABEL_PREFIX}.host"  # the HYPERBENCH_HOSTNAME that started it (hosts may share an engine)
+CANCEL_GRACE_S = 3  # a cancelled run's container: SIGTERM, this long, then SIGKILL
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class ContainerSpec:
     network: bool = False
     gpu_ids: list[str] = field(default_factory=list)
     stop_grace_s: int = 10  # after the deadline: SIGTERM, this long, then SIGKILL
+    host: str = ""  # the host worker's HYPERBENCH_HOSTNAME, labelled so hosts sharing an engine tell theirs
 
 
 @dataclass
@@ -64,15 +68,21 @@ class ContainerResult:
     image_id: str
     log_tail: str
     duration_s: float
+    cancelled: bool = False  # stopped because its run was cancelled
 
 
 _client: docker.DockerClient | None = None
 
 
-def client(timeout_s: int = 60) -> docker.DockerClient:
-    """One Docker client per process, with a timeout on every API call."""
+def client(timeout_s: int | None = None) -> docker.DockerClient:
+    """One Docker client per process, with a timeout on every API call
+    (``HYPERBENCH_DOCKER_TIMEOUT_S``, 60 s: not the container's deadline)."""
     global _client
     if _client is None:
+        if timeout_s is None:
+            from worker.config import load
+
+            timeout_s = load().docker_timeout_s
         try:
             _client = docker.from_env(timeout=timeout_s)
             _client.ping()
@@ -141,6 +151,8 @@ def container_options(spec: ContainerSpec, image_id: str, *, worker_pid: int | N
     )
     pid = os.getpid() if worker_pid is None else worker_pid
     labels = {**spec.labels, MANAGED_LABEL: "1", f"{LABEL_PREFIX}.worker-pid": str(pid)}
+    if spec.host:
+        labels[HOST_LABEL] = spec.host
     return {
         "image": image_id,
         "detach": True,
@@ -164,14 +176,58 @@ def container_options(spec: ContainerSpec, image_id: str, *, worker_pid: int | N
     }
 
 
+def cli_flags(opts: dict[str, Any], *, labels: bool = True) -> list[str]:
+    """``docker run`` flags for :func:`container_options` (the same hardened container, from the CLI).
+
+    For the benchmark's ``docker run`` anchor and the image tests, so that no copy of
+    the hardening list can drift from the one the platform uses. ``labels=False``
+    leaves out the platform's labels (a container a host worker must not count as its own).
+    """
+    flags = [
+        f"--user={opts['user']}",
+        f"--network={opts['network_mode']}",
+        f"--ipc={opts['ipc_mode']}",
+        "--read-only",
+        f"--memory={opts['mem_limit']}",
+        f"--memory-swap={opts['memswap_limit']}",
+        f"--pids-limit={opts['pids_limit']}",
+        f"--cpus={opts['nano_cpus'] / 1e9}",
+    ]
+    flags += [f"--cap-drop={c}" for c in opts["cap_drop"]]
+    flags += [f"--security-opt={s}" for s in opts["security_opt"]]
+    flags += [f"--tmpfs={k}:{v}" for k, v in opts["tmpfs"].items()]
+    flags += [f"--env={k}={v}" for k, v in opts["environment"].items()]
+    if labels:
+        flags += [f"--label={k}={v}" for k, v in opts["labels"].items()]
+    for m in opts["mounts"]:
+        ro = ",readonly" if m["ReadOnly"] else ""
+        flags.append(f"--mount=type=bind,source={m['Source']},target={m['Target']}{ro}")
+    return flags
+
+
+def hardened_cli_flags(*, memory_mb: int = 1024, pids: int = 256, tmpfs_mb: int = 64) -> list[str]:
+    """The hardening flags alone (no mounts, labels or image), for running an image by hand."""
+    spec = ContainerSpec(
+        image="", digest="", mounts=[], labels={}, timeout_s=1, memory_mb=memory_mb, cpus=2.0, pids=pids,
+        tmpfs_mb=tmpfs_mb,
+    )  # fmt: skip
+    return cli_flags(container_options(spec, ""), labels=False)
+
+
 def run(
-    spec: ContainerSpec, *, on_tick: Callable[[], None] | None = None, tick_s: float = 1.0
+    spec: ContainerSpec,
+    *,
+    on_tick: Callable[[], None] | None = None,
+    tick_s: float = 1.0,
+    should_stop: Callable[[], bool] | None = None,
 ) -> ContainerResult:
     """Run one container to completion under the hardening rules, then remove it.
 
     Args:
         spec: image, mounts and limits; see ContainerSpec.
         on_tick: called about every ``tick_s`` while the container runs (progress).
+        should_stop: asked before the start and at every tick; True stops the
+            container (its run was cancelled) and the result says ``cancelled``.
 
     Returns:
         The exit code, whether the kernel OOM-killed it, whether our deadline
@@ -186,27 +242,10 @@ def run(
         raise HostError(
             f"Docker refused to create the container for {spec.image}: {e}", permanent=False
         ) from e
-    timed_out = False
+    stop = should_stop or (lambda: False)
     try:
-        container.start()
-        deadline = started + spec.timeout_s
-        while True:
-            try:
-                container.wait(timeout=tick_s)
-                break
-            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-                pass
-            if on_tick is not None:
-                on_tick()
-            if time.monotonic() > deadline:
-                timed_out = True
-                logger.warning(
-                    "container %s passed its %ss deadline; stopping", container.short_id, spec.timeout_s
-                )
-                container.stop(timeout=spec.stop_grace_s)  # SIGTERM, then SIGKILL after the grace
-                container.wait(timeout=30)
-                break
-        if on_tick is not None:
+        timed_out, cancelled = _supervise(container, spec, started, on_tick, tick_s, stop)
+        if on_tick is not None and not cancelled:
             on_tick()
         container.reload()
         state = container.attrs.get("State", {})
@@ -218,8 +257,12 @@ def run(
             image_id=image_id,
             log_tail=log_tail,
             duration_s=time.monotonic() - started,
+            cancelled=cancelled,
         )
     except (APIError, requests.RequestException) as e:
+        if stop():
+            # The cancel removed the container under us: that is the cancel, not an engine failure.
+            return ContainerResult(-1, False, False, image_id, "", time.monotonic() - started, cancelled=True)
         raise HostError(f"Docker failed while running {spec.image}: {e}", permanent=False) from e
     finally:
         try:
@@ -230,17 +273,51 @@ def run(
             logger.exception("could not remove container %s; the next sweep will", container.short_id)
 
 
-def sweep_orphans() -> int:
-    """Remove containers started by worker processes of this host that are gone.
+def _supervise(
+    container: Any,
+    spec: ContainerSpec,
+    started: float,
+    on_tick: Callable[[], None] | None,
+    tick_s: float,
+    stop: Callable[[], bool],
+) -> tuple[bool, bool]:
+    """Start the container and watch it until it exits, its run is cancelled (``stop``) or it
+    passes its deadline; stop it in the last two cases. Returns (timed_out, cancelled)."""
+    if stop():
+        return False, True  # cancelled before it started: never start it
+    container.start()
+    deadline = started + spec.timeout_s
+    while True:
+        try:
+            container.wait(timeout=tick_s)
+            return False, False
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+            pass
+        if on_tick is not None:
+            on_tick()
+        if stop():
+            logger.info("container %s: its run was cancelled; stopping", container.short_id)
+            container.stop(timeout=CANCEL_GRACE_S)
+            return False, True
+        if time.monotonic() > deadline:
+            logger.warning(
+                "container %s passed its %ss deadline; stopping", container.short_id, spec.timeout_s
+            )
+            container.stop(timeout=spec.stop_grace_s)  # SIGTERM, then SIGKILL after the grace
+            container.wait(timeout=30)
+            return True, False
 
-    Called when a worker starts: a worker killed with -9 leaves its containers
-    behind, and they would hold GPUs and memory forever.
-    """
+
+def _managed(host: str | None, **labels: str) -> list[Any]:
+    """Containers of this platform (of ``host`` when given) carrying every one of ``labels``."""
+    wanted = [MANAGED_LABEL] + ([f"{HOST_LABEL}={host}"] if host else [])
+    wanted += [f"{LABEL_PREFIX}.{k}={v}" for k, v in labels.items()]
+    return list(client().containers.list(all=True, filters={"label": wanted}))
+
+
+def _remove_orphans(found: list[Any]) -> int:
+    """Remove the containers among ``found`` whose worker process is gone; return how many."""
     removed = 0
-    try:
-        found = client().containers.list(all=True, filters={"label": MANAGED_LABEL})
-    except HostError:
-        return 0
     for c in found:
         pid = c.labels.get(f"{LABEL_PREFIX}.worker-pid", "")
         if pid.isdigit() and _pid_alive(int(pid)):
@@ -251,6 +328,50 @@ def sweep_orphans() -> int:
         except (NotFound, APIError):
             continue
     return removed
+
+
+def sweep_orphans(host: str | None = None) -> int:
+    """Remove containers started by worker processes (of ``host``, when given) that are gone.
+
+    Called when a worker starts and at every heartbeat: a worker (or a pool
+    child) killed with -9 leaves its containers behind, and they would hold GPUs
+    and memory forever. Hosts that share one Docker engine (several host
+    workers on one machine) sweep only their own.
+    """
+    try:
+        return _remove_orphans(_managed(host))
+    except (HostError, APIError, requests.RequestException):
+        return 0
+
+
+def remove_orphans_of(host: str, *, run: int, shard: int) -> int:
+    """Remove this host's containers of one shard whose worker process is gone.
+
+    Called with the shard's lock held, before its container starts: a pool
+    child killed mid-shard leaves its container running while the message is
+    delivered again, and the shard must never run twice at once.
+    """
+    return _remove_orphans(_managed(host, run=str(run), shard=str(shard)))
+
+
+def stop_run(host: str | None, run: int, *, grace_s: int = CANCEL_GRACE_S) -> int:
+    """Stop, then kill after ``grace_s``, then remove every container of ``run`` (on ``host``).
+
+    The cancel path: the containers are gone when this returns. Returns how many there were.
+    """
+    stopped = 0
+    for c in _managed(host, run=str(run)):
+        with contextlib.suppress(NotFound, APIError, requests.RequestException):
+            c.stop(timeout=grace_s)
+        try:
+            c.remove(force=True)
+        except NotFound:
+            pass
+        except (APIError, requests.RequestException):
+            logger.warning("could not remove container %s of cancelled run %s", c.short_id, run)
+            continue
+        stopped += 1
+    return stopped
 
 
 def _pid_alive(pid: int) -> bool:

@@ -83,10 +83,10 @@ def _nvml() -> Any:
         return pynvml
 
 
-
 def nvml_available() -> bool:
     """Whether NVML started in this process (a host may still have zero GPUs)."""
     return _nvml() is not None
+
 
 def _reset_nvml_state() -> None:
     """Forget the NVML state so the next call initialises again (for tests)."""

@@ -27,7 +27,16 @@ from typing import Any, Literal, TypedDict, cast
 
 DATASET_JSON = "dataset.json"
 MANIFEST = "manifest.jsonl"
-TASKS: tuple[str, ...] = ("ocr", "vqa")
+Task = Literal["ocr", "vqa", "table", "kie", "page"]
+TASKS: tuple[str, ...] = ("ocr", "vqa", "table", "kie", "page")
+#: The manifest field that holds each task's ground truth (vqa: question + answers).
+GROUND_TRUTH: dict[str, str] = {
+    "ocr": "text",
+    "vqa": "answers",
+    "table": "html",
+    "kie": "fields",
+    "page": "markdown",
+}
 
 #: How many problems a :class:`ManifestError` lists before it summarises the rest.
 MAX_PROBLEMS = 20
@@ -44,7 +53,7 @@ class DatasetInfo(TypedDict):
 
     name: str
     version: str
-    task: Literal["ocr", "vqa"]
+    task: Task
     description: str
     license: str
 
@@ -55,7 +64,7 @@ class ManifestSummary(TypedDict):
     manifest_sha256: str
     sample_count: int
     total_bytes: int
-    task: Literal["ocr", "vqa"]
+    task: Task
     name: str
     version: str
 
@@ -130,7 +139,34 @@ def read_dataset_json(root: Path) -> DatasetInfo:
         ManifestError: The file is missing, not JSON, not an object, or a field
             is missing or invalid; every problem found is listed.
     """
-    path = Path(root) / DATASET_JSON
+    data = _load_dataset_json(Path(root) / DATASET_JSON)
+    problems = _Problems()
+    _check_dataset_names(data, problems)
+    task = data.get("task")
+    if task is None:
+        problems.add(f"{DATASET_JSON}: missing field 'task' (one of {', '.join(TASKS)})")
+    elif task not in TASKS:
+        problems.add(f"{DATASET_JSON}: 'task' must be one of {', '.join(TASKS)}, not {task!r}")
+    for key in ("description", "license"):
+        value = data.get(key, "")
+        if not isinstance(value, str):
+            problems.add(f"{DATASET_JSON}: '{key}' must be a string, not {_json_type(value)}")
+    problems.raise_if_any()
+    return DatasetInfo(
+        name=data["name"],
+        version=data["version"],
+        task=cast(Task, task),
+        description=data.get("description", ""),
+        license=data.get("license", ""),
+    )
+
+
+def _load_dataset_json(path: Path) -> dict[str, Any]:
+    """Read ``dataset.json`` and parse it into a JSON object.
+
+    The first problem stops the reading (nothing else can be checked without the
+    object), so each raises a :class:`ManifestError` with that one problem.
+    """
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -145,8 +181,11 @@ def read_dataset_json(root: Path) -> DatasetInfo:
         raise ManifestError([f"{DATASET_JSON}: invalid JSON: {exc}"]) from None
     if not isinstance(data, dict):
         raise ManifestError([f"{DATASET_JSON}: must be a JSON object, not {_json_type(data)}"])
+    return data
 
-    problems = _Problems()
+
+def _check_dataset_names(data: dict[str, Any], problems: _Problems) -> None:
+    """Check ``name`` and ``version``: present, strings and path-safe (they name cache directories)."""
     for key in ("name", "version"):
         value = data.get(key)
         if value is None:
@@ -158,23 +197,6 @@ def read_dataset_json(root: Path) -> DatasetInfo:
                 f"{DATASET_JSON}: '{key}' {value!r} must be 1-100 letters, digits, '.', '_' or '-'"
                 " and start with a letter or digit"
             )
-    task = data.get("task")
-    if task is None:
-        problems.add(f"{DATASET_JSON}: missing field 'task' (one of {', '.join(TASKS)})")
-    elif task not in TASKS:
-        problems.add(f"{DATASET_JSON}: 'task' must be one of {', '.join(TASKS)}, not {task!r}")
-    for key in ("description", "license"):
-        value = data.get(key, "")
-        if not isinstance(value, str):
-            problems.add(f"{DATASET_JSON}: '{key}' must be a string, not {_json_type(value)}")
-    problems.raise_if_any()
-    return DatasetInfo(
-        name=data["name"],
-        version=data["version"],
-        task=cast(Literal["ocr", "vqa"], task),
-        description=data.get("description", ""),
-        license=data.get("license", ""),
-    )
 
 
 def check_image_path(image: object) -> str | None:
@@ -214,7 +236,9 @@ def validate_local(root: Path, *, verify_hashes: bool = False) -> ManifestSummar
     given) well formed, and equal to the file's hash when ``verify_hashes``;
     the task's ground truth: ``text`` (a string, may be empty) for ``ocr``,
     ``question`` (a string) and ``answers`` (a non-empty list of strings) for
-    ``vqa``. Blank lines and an empty manifest are errors.
+    ``vqa``, ``html`` (a string holding a ``<table>``) for ``table``, ``fields``
+    (a non-empty JSON object) for ``kie``, ``markdown`` (a string, may be empty)
+    for ``page``. Blank lines and an empty manifest are errors.
 
     Args:
         root: The dataset version directory.
@@ -357,6 +381,9 @@ def _check_task_fields(sample: dict[str, Any], task: str, where: str, problems: 
         elif not isinstance(text, str):
             problems.add(f"{where}: 'text' must be a string, not {_json_type(text)}")
         return
+    if task in ("table", "kie", "page"):
+        _check_document_fields(sample, task, where, problems)
+        return
     question = sample.get("question")
     if question is None:
         problems.add(f"{where}: missing field 'question' (a vqa dataset needs 'question' and 'answers')")
@@ -369,6 +396,35 @@ def _check_task_fields(sample: dict[str, Any], task: str, where: str, problems: 
         problems.add(f"{where}: 'answers' must be a non-empty list of strings")
     elif not all(isinstance(answer, str) for answer in answers):
         problems.add(f"{where}: every item of 'answers' must be a string")
+
+
+def _check_document_fields(sample: dict[str, Any], task: str, where: str, problems: _Problems) -> None:
+    key = GROUND_TRUTH[task]
+    value = sample.get(key)
+    if task == "table":
+        if value is None:
+            problems.add(
+                f"{where}: missing field 'html' (the ground truth of a table dataset: the table's HTML)"
+            )
+        elif not isinstance(value, str):
+            problems.add(f"{where}: 'html' must be a string, not {_json_type(value)}")
+        elif "<table" not in value.lower():
+            problems.add(f"{where}: 'html' holds no <table> element")
+    elif task == "kie":
+        if value is None:
+            problems.add(
+                f"{where}: missing field 'fields' (the ground truth of a kie dataset: a JSON object)"
+            )
+        elif not isinstance(value, dict):
+            problems.add(f"{where}: 'fields' must be a JSON object, not {_json_type(value)}")
+        elif not value:
+            problems.add(f"{where}: 'fields' is an empty object")
+    elif value is None:
+        problems.add(
+            f"{where}: missing field 'markdown' (the ground truth of a page dataset: the page's Markdown)"
+        )
+    elif not isinstance(value, str):
+        problems.add(f"{where}: 'markdown' must be a string, not {_json_type(value)}")
 
 
 def _resolve(
@@ -402,6 +458,25 @@ def _resolve(
     return real, info
 
 
+def _declared_size_and_sha(
+    sample: dict[str, Any], where: str, problems: _Problems
+) -> tuple[int | None, str | None]:
+    """Return the sample's optional ``size`` and ``sha256``; one that is malformed is reported and None."""
+    declared_size = sample.get("size")
+    if declared_size is not None and (
+        isinstance(declared_size, bool) or not isinstance(declared_size, int) or declared_size < 0
+    ):
+        problems.add(f"{where}: 'size' must be a non-negative integer, not {declared_size!r}")
+        declared_size = None
+    declared_sha = sample.get("sha256")
+    if declared_sha is not None and (
+        not isinstance(declared_sha, str) or not _SHA256_HEX.match(declared_sha)
+    ):
+        problems.add(f"{where}: 'sha256' must be 64 lowercase hex digits, not {declared_sha!r}")
+        declared_sha = None
+    return declared_size, declared_sha
+
+
 def _check_image(
     sample: dict[str, Any],
     real_root: Path,
@@ -419,18 +494,7 @@ def _check_image(
     if wrong is not None:
         problems.add(f"{where}: {wrong}")
         return 0
-    declared_size = sample.get("size")
-    if declared_size is not None and (
-        isinstance(declared_size, bool) or not isinstance(declared_size, int) or declared_size < 0
-    ):
-        problems.add(f"{where}: 'size' must be a non-negative integer, not {declared_size!r}")
-        declared_size = None
-    declared_sha = sample.get("sha256")
-    if declared_sha is not None and (
-        not isinstance(declared_sha, str) or not _SHA256_HEX.match(declared_sha)
-    ):
-        problems.add(f"{where}: 'sha256' must be 64 lowercase hex digits, not {declared_sha!r}")
-        declared_sha = None
+    declared_size, declared_sha = _declared_size_and_sha(sample, where, problems)
 
     try:
         real, info = _resolve(real_root, image, dir_cache)

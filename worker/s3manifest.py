@@ -18,7 +18,6 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -35,6 +34,7 @@ from worker.manifest import (
     check_image_path,
     read_dataset_json,
 )
+from worker.s3 import S3UriError, parse_s3_uri
 
 _SHA256_CHARS = frozenset("0123456789abcdef")
 
@@ -43,19 +43,14 @@ def split_s3_uri(uri: str, buckets: Iterable[str] | None = None) -> tuple[str, s
     """``s3://bucket/prefix/`` -> (bucket, prefix with a trailing ``/``, or empty).
 
     Raises:
-        ManifestError: not an s3 URI, a ``.``/``..`` segment, or a bucket outside ``buckets``.
+        ManifestError: not a plain s3 URI (:func:`worker.s3.parse_s3_uri`), or a bucket outside ``buckets``.
     """
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc or parsed.query or parsed.fragment:
-        raise ManifestError([f"{uri!r} is not an s3://bucket/prefix/ URI"])
-    bucket = parsed.netloc
+    try:
+        bucket, prefix = parse_s3_uri(uri, prefix=True)
+    except S3UriError as e:
+        raise ManifestError([str(e)]) from None
     if buckets is not None and bucket not in set(buckets):
         raise ManifestError([f"bucket {bucket!r} is not one of the allowed buckets"])
-    prefix = unquote(parsed.path).lstrip("/")
-    if prefix and not prefix.endswith("/"):
-        prefix += "/"
-    if any(seg in (".", "..") for seg in prefix.split("/")):
-        raise ManifestError([f"{uri!r} has a '.' or '..' segment"])
     return bucket, prefix
 
 
@@ -150,6 +145,18 @@ def validate_s3(
             index.close()
 
 
+def _check_size_and_sha(sample: dict[str, Any], where: str, problems: _Problems) -> int | None:
+    """The declared size (None when absent or wrong); a wrong size or sha256 is a problem."""
+    declared = sample.get("size")
+    if declared is not None and (isinstance(declared, bool) or not isinstance(declared, int) or declared < 0):
+        problems.add(f"{where}: 'size' must be a non-negative integer, not {declared!r}")
+        declared = None
+    sha = sample.get("sha256")
+    if sha is not None and not (isinstance(sha, str) and len(sha) == 64 and set(sha) <= _SHA256_CHARS):
+        problems.add(f"{where}: 'sha256' must be 64 lowercase hex digits, not {sha!r}")
+    return declared
+
+
 def _validate_rows(
     bucket: str,
     prefix: str,
@@ -179,15 +186,7 @@ def _validate_rows(
         if wrong is not None:
             problems.add(f"{where}: {wrong}")
             continue
-        declared = sample.get("size")
-        if declared is not None and (
-            isinstance(declared, bool) or not isinstance(declared, int) or declared < 0
-        ):
-            problems.add(f"{where}: 'size' must be a non-negative integer, not {declared!r}")
-            declared = None
-        sha = sample.get("sha256")
-        if sha is not None and not (isinstance(sha, str) and len(sha) == 64 and set(sha) <= _SHA256_CHARS):
-            problems.add(f"{where}: 'sha256' must be 64 lowercase hex digits, not {sha!r}")
+        declared = _check_size_and_sha(sample, where, problems)
         db.execute("INSERT INTO rows VALUES (?, ?, ?)", (lineno, image, declared))
     if sample_count == 0 and problems.count == 0:
         problems.add(f"{MANIFEST}: no samples (the manifest is empty)")

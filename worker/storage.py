@@ -1,7 +1,7 @@
 """The artifact store: run outputs addressed by URI, ``file://`` (default) or ``s3://``.
 
 One small interface (:class:`ArtifactStore`: ``put_file``, ``get_file``,
-``exists``, ``list``), two stores behind it, and :class:`Artifacts`, which routes
+``exists``, ``modified``, ``touch``, ``list``), two stores behind it, and :class:`Artifacts`, which routes
 each URI to the store of its scheme. The tasks never build paths or keys of
 their own beyond the layout in :mod:`worker.contract`.
 
@@ -25,17 +25,26 @@ access denied), whose message says what to fix.
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote, unquote, urlparse
+from urllib.parse import unquote, urlparse
 
 from worker.config import HostConfig
 from worker.errors import HostError
+from worker.s3 import (
+    S3ClientSettings,
+    S3UriError,
+    certificate_problem,
+    parse_s3_uri,
+    s3_client,
+    s3_uri,
+)
 
 # Content types set on upload, so that a presigned link opens in a browser as it should.
 _CONTENT_TYPES = {
@@ -81,6 +90,14 @@ class ArtifactStore(Protocol):
 
     def exists(self, uri: str) -> bool: ...
 
+    def modified(self, uri: str) -> float | None:
+        """When the artifact was last written or touched (seconds since the epoch); None if missing."""
+        ...
+
+    def touch(self, uri: str) -> None:
+        """Make the artifact's modification time now, its bytes unchanged (nothing if it is gone)."""
+        ...
+
     def list(self, prefix: str) -> list[str]:
         """URIs of the artifacts under ``prefix`` (a URI ending in ``/``), sorted."""
         ...
@@ -107,6 +124,16 @@ class FileStore:
 
     def exists(self, uri: str) -> bool:
         return self.path_of(uri).is_file()
+
+    def modified(self, uri: str) -> float | None:
+        try:
+            return self.path_of(uri).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def touch(self, uri: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.path_of(uri))
 
     def put_file(self, local: Path, uri: str) -> str:
         dest = self.path_of(uri)
@@ -155,20 +182,11 @@ class S3StoreSettings:
 
 
 def split_s3(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key`` -> (bucket, key); refuses ``.``/``..``/empty segments and odd URIs."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc or parsed.query or parsed.fragment or parsed.params:
-        raise HostError(f"Artifact URI {uri!r} is not an s3://bucket/key URI.")
-    key = unquote(parsed.path).lstrip("/")
-    segments = key.split("/")
-    # A trailing "/" (a prefix) leaves one empty last segment; any other empty one is refused.
-    if any(seg in (".", "..") for seg in segments) or "" in segments[:-1] or "\\" in key:
-        raise HostError(f"Artifact URI {uri!r} has an empty, '.' or '..' segment.")
-    return parsed.netloc, key
-
-
-def _s3_uri(bucket: str, key: str) -> str:
-    return f"s3://{bucket}/{quote(key, safe='/-_.~')}"
+    """``s3://bucket/key`` -> (bucket, key), through the one parser (:func:`worker.s3.parse_s3_uri`)."""
+    try:
+        return parse_s3_uri(uri)
+    except S3UriError as e:
+        raise HostError(f"Artifact URI {e}.") from None
 
 
 class S3Store:
@@ -236,13 +254,39 @@ class S3Store:
             return False
         return True
 
+    def modified(self, uri: str) -> float | None:
+        bucket, key = self.locate(uri)
+        try:
+            head = self._call(f"look up {uri}", lambda: self.client.head_object(Bucket=bucket, Key=key))
+        except _Missing:
+            return None
+        return float(head["LastModified"].timestamp())
+
+    def touch(self, uri: str) -> None:
+        """A copy of the object onto itself (S3 has no other way to renew LastModified)."""
+        bucket, key = self.locate(uri)
+        try:
+            self._call(
+                f"touch {uri}",
+                lambda: self.client.copy_object(
+                    Bucket=bucket,
+                    Key=key,
+                    CopySource={"Bucket": bucket, "Key": key},
+                    MetadataDirective="REPLACE",
+                    ContentType=content_type(key),
+                    Metadata={"hb-touched": str(int(time.time()))},
+                ),
+            )
+        except _Missing:
+            return
+
     def list(self, prefix: str) -> list[str]:
         bucket, key = self.locate(prefix)
         out: list[str] = []
 
         def pages() -> None:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
-                out.extend(_s3_uri(bucket, obj["Key"]) for obj in page.get("Contents", []))
+                out.extend(s3_uri(bucket, obj["Key"]) for obj in page.get("Contents", []))
 
         self._call(f"list {prefix}", pages)
         return sorted(out)
@@ -258,12 +302,15 @@ class S3Store:
             code = str(e.response.get("Error", {}).get("Code", ""))
             if code in ("404", "NoSuchKey", "NotFound"):
                 raise _Missing(f"Could not {what}: the artifact is missing from the store.") from e
-            raise _client_error(what, code, e) from e
+            raise _client_error(what, code, e, self.settings) from e
         except S3UploadFailedError as e:
             # s3transfer wraps the ClientError of a failed PUT or part; only its text carries the code.
             found = re.search(r"An error occurred \((\w+)\)", str(e))
-            raise _client_error(what, found.group(1) if found else "", e) from e
+            raise _client_error(what, found.group(1) if found else "", e, self.settings) from e
         except BotoCoreError as e:
+            problem = certificate_problem(str(e), self.settings.endpoint_url)
+            if problem:  # another attempt meets the same certificate
+                raise HostError(f"Could not {what}: {problem}") from e
             # Connection refused/reset, timeouts: botocore already retried these.
             raise HostError(
                 f"Could not {what}: {e} (gave up after {self.settings.max_attempts} attempts; "
@@ -276,11 +323,19 @@ class _Missing(HostError):
     pass
 
 
-def _client_error(what: str, code: str, e: Exception) -> HostError:
+def _client_error(what: str, code: str, e: Exception, s: S3StoreSettings) -> HostError:
+    if code in ("AccessDenied", "403"):
+        # The server's policy refused these keys: what to change is on one side or the other.
+        roots = ", ".join(s.roots)
+        return HostError(
+            f"Could not {what}: S3 refused it to this host's keys (AccessDenied, AWS_ACCESS_KEY_ID="
+            f"{s.access_key_id}). A host reads and writes artifacts only under the prefix its "
+            f"S3 policy allows: make HYPERBENCH_ARTIFACTS_S3_ROOTS ({roots}) name that prefix, "
+            "or grant these keys the prefix (docs/operations.md, 'S3 over HTTPS')."
+        )
     if code in _PERMANENT_CODES:
         hint = {
             "NoSuchBucket": " The bucket does not exist: create it or fix HYPERBENCH_ARTIFACTS_URI.",
-            "AccessDenied": " The host's S3 keys may not write there.",
             "InvalidAccessKeyId": " Check AWS_ACCESS_KEY_ID on the host worker.",
             "SignatureDoesNotMatch": " Check AWS_SECRET_ACCESS_KEY on the host worker.",
         }.get(code, "")
@@ -288,33 +343,24 @@ def _client_error(what: str, code: str, e: Exception) -> HostError:
     return HostError(f"Could not {what}: {code or e} (gave up after retries).", permanent=False)
 
 
-@functools.lru_cache(maxsize=8)
 def _s3_client(s: S3StoreSettings) -> Any:
-    """One boto3 client per settings and process (clients are thread-safe and pool connections)."""
-    import boto3
-    from botocore.config import Config
-
+    """The shared factory's client (:func:`worker.s3.s3_client`: one per settings and process)."""
     if not s.access_key_id or not s.secret_access_key:
         raise HostError(
             "s3:// artifacts need AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the host worker's "
             "environment."
         )
-    return boto3.client(
-        "s3",
-        endpoint_url=s.endpoint_url,
-        region_name=s.region,
-        aws_access_key_id=s.access_key_id,
-        aws_secret_access_key=s.secret_access_key,
-        aws_session_token=s.session_token or None,
-        config=Config(
-            # Path style for MinIO/SeaweedFS-like endpoints; AWS picks its own.
-            s3={"addressing_style": "path" if s.endpoint_url else "auto"},
-            # total_max_attempts counts the first try too (max_attempts would not).
-            retries={"mode": "standard", "total_max_attempts": max(1, s.max_attempts)},
-            connect_timeout=s.connect_timeout_s,
-            read_timeout=s.read_timeout_s,
-            max_pool_connections=16,
-        ),
+    return s3_client(
+        S3ClientSettings(
+            endpoint_url=s.endpoint_url,
+            region=s.region,
+            access_key_id=s.access_key_id,
+            secret_access_key=s.secret_access_key,
+            session_token=s.session_token or None,
+            max_attempts=s.max_attempts,
+            connect_timeout_s=s.connect_timeout_s,
+            read_timeout_s=s.read_timeout_s,
+        )
     )
 
 
@@ -346,6 +392,12 @@ class Artifacts:
 
     def exists(self, uri: str) -> bool:
         return self.store(uri).exists(uri)
+
+    def modified(self, uri: str) -> float | None:
+        return self.store(uri).modified(uri)
+
+    def touch(self, uri: str) -> None:
+        self.store(uri).touch(uri)
 
     def list(self, prefix: str) -> list[str]:
         return self.store(prefix).list(prefix)

@@ -1,6 +1,6 @@
 """Host telemetry: GPUs (NVML), the node cache and the containers running here.
 
-Every host worker sends a ``HostReport`` to the control queue every
+Every host worker sends a ``HostReport`` on ``hb.events`` (drained with the events) every
 ``heartbeat_s`` seconds from a daemon thread of its main process; the web side
 shows hosts, their GPUs, what runs where, and hosts that went silent.
 """
@@ -60,7 +60,7 @@ def cached_versions(cache_dir: Path, budget_bytes: int = 0) -> list[contract.Cac
 
 def _version_name(version_dir: Path) -> str:
     try:
-        info = json.loads((version_dir / DATASET_JSON).read_bytes()[:1024 * 1024])
+        info = json.loads((version_dir / DATASET_JSON).read_bytes()[: 1024 * 1024])
     except (OSError, ValueError):
         return ""
     return str(info.get("version", "")) if isinstance(info, dict) else ""
@@ -71,7 +71,7 @@ def running_containers() -> list[contract.RunningContainer]:
 
     try:
         found = containers.client().containers.list(filters={"label": containers.MANAGED_LABEL})
-    except Exception:  # noqa: BLE001 - telemetry must never take the worker down
+    except Exception:  # telemetry must never take the worker down
         logger.warning("could not list containers for telemetry", exc_info=True)
         return []
     out: list[contract.RunningContainer] = []
@@ -92,15 +92,33 @@ def running_containers() -> list[contract.RunningContainer]:
     return out
 
 
+def _active_tasks() -> int:
+    """Tasks this worker's main process has handed to its pool and not yet seen finish."""
+    from celery.worker import state
+
+    return len(state.active_requests)
+
+
+def _task_ids() -> list[str]:
+    """Ids of the tasks this worker holds, running or reserved (the control side's ids are
+    deterministic, so it reads here whether a shard or a stage is still in a host's hands)."""
+    from celery.worker import state
+
+    held = [*state.active_requests, *state.reserved_requests]
+    return sorted({str(r.id) for r in held if getattr(r, "id", None)})[:1000]
+
+
 def collect(
-    cfg: HostConfig, worker_name: str, *, cache_budget_bytes: int | None = None
+    cfg: HostConfig, worker_name: str, *, cache_budget_bytes: int | None = None, slots: int = 1
 ) -> contract.HostReport:
-    """One heartbeat: GPUs, the node cache (versions, bytes, budget) and the containers running here.
+    """One heartbeat: who this host is (instance, queue, dataset roots), GPUs, the node cache
+    (versions, bytes, budget), its pool's load and the containers running here.
 
     Args:
         cfg: The host's settings; the cache budget defaults to ``cfg.cache_budget_bytes``.
         worker_name: The Celery worker's name, as the admin shows it.
         cache_budget_bytes: Overrides the configured budget (tests).
+        slots: The worker's pool size (tasks it runs at once).
     """
     gpus = list_gpus()
     budget = cfg.cache_budget_bytes if cache_budget_bytes is None else cache_budget_bytes
@@ -108,6 +126,12 @@ def collect(
     return {
         "host": cfg.hostname,
         "worker": worker_name,
+        "instance": cfg.instance,
+        "queue": contract.host_queue(cfg.hostname),
+        "dataset_roots": [str(p) for p in cfg.dataset_roots],
+        "slots": slots,
+        "active": _active_tasks(),
+        "tasks": _task_ids(),
         "ts": time.time(),
         "gpus": [dict(g) for g in gpus],
         "nvml": nvml_available(),
@@ -118,16 +142,21 @@ def collect(
     }
 
 
-def start_heartbeat(cfg: HostConfig, worker_name: str) -> threading.Thread:
+def start_heartbeat(cfg: HostConfig, worker_name: str, *, slots: int = 1) -> threading.Thread:
     """Send a HostReport now and every ``cfg.heartbeat_s`` seconds, from a daemon thread."""
-    from worker.celery_app import app
 
     def loop() -> None:
+        from worker import containers, events
+
         while True:
             try:
-                report = collect(cfg, worker_name)
-                app.send_task(contract.TASK_HOST_HEARTBEAT, args=[report], queue=contract.Queue.CONTROL)
-            except Exception:  # noqa: BLE001 - a missed beat shows as a silent host, not a dead worker
+                # A pool child killed mid-container leaves its container behind; remove it
+                # here rather than only at the next start of this worker.
+                if containers.sweep_orphans(cfg.hostname):
+                    logger.warning("removed container(s) of a pool process that died")
+                report = collect(cfg, worker_name, slots=slots)
+                events.send_heartbeat(report)
+            except Exception:  # a missed beat shows as a silent host, not a dead worker
                 logger.warning("heartbeat failed", exc_info=True)
             time.sleep(cfg.heartbeat_s)
 

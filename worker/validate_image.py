@@ -1,6 +1,6 @@
 """Check that a model image follows container contract v1 ("bring your own model").
 
-    python -m worker.validate_image IMAGE [--gpus N] [--task ocr|vqa] [--params JSON]
+    python -m worker.validate_image IMAGE [--gpus N] [--task ocr|vqa|table|kie|page] [--params JSON]
                                           [--endpoint FILE] [--timeout S] [--memory-mb MB]
 
 Renders a tiny dataset (3 samples) into a temporary directory, runs IMAGE on it
@@ -45,6 +45,7 @@ from typing import Any
 
 from worker import containers
 from worker.errors import HostError
+from worker.manifest import TASKS
 
 SAMPLES = 3
 VQA_QUESTIONS = ["What is the total?", "Who is the vendor?", "What is the date?"]
@@ -145,30 +146,12 @@ def check_predictions(path: Path, ids: list[str]) -> list[Check]:
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            problems.append(f"line {lineno} is not JSON ({e})")
+        row = _parse_row(lineno, line)
+        if isinstance(row, str):
+            problems.append(row)
             continue
-        if not isinstance(row, dict):
-            problems.append(f"line {lineno} is not a JSON object")
-            continue
-        missing = [k for k in REQUIRED_KEYS if k not in row]
-        if missing:
-            problems.append(f"line {lineno} lacks {', '.join(missing)}")
-            continue
-        sid, pred, lat, err = row["id"], row["prediction"], row["latency_ms"], row["error"]
-        if not isinstance(sid, str):
-            problems.append(f"line {lineno}: id must be the input's string id, got {sid!r}")
-        if err is not None and not isinstance(err, str):
-            problems.append(f"line {lineno}: error must be null or a string, got {type(err).__name__}")
-        if pred is not None and not isinstance(pred, str):
-            problems.append(f"line {lineno}: prediction must be a string or null, got {type(pred).__name__}")
-        if pred is None and not err:
-            problems.append(f"line {lineno}: prediction is null but error is not set")
-        if lat is not None and (isinstance(lat, bool) or not isinstance(lat, (int, float)) or lat < 0):
-            problems.append(f"line {lineno}: latency_ms must be a number >= 0 or null, got {lat!r}")
-        key = str(sid)
+        problems.extend(_row_type_problems(lineno, row))
+        key = str(row["id"])
         if key not in ids:
             unknown.append(key)
         seen[key] = seen.get(key, 0) + 1
@@ -203,6 +186,37 @@ def check_predictions(path: Path, ids: list[str]) -> list[Check]:
         )
     )
     return checks
+
+
+def _parse_row(lineno: int, line: str) -> dict[str, Any] | str:
+    """One predictions line as a JSON object holding every required key, or what is wrong with it."""
+    try:
+        row = json.loads(line)
+    except ValueError as e:
+        return f"line {lineno} is not JSON ({e})"
+    if not isinstance(row, dict):
+        return f"line {lineno} is not a JSON object"
+    missing = [k for k in REQUIRED_KEYS if k not in row]
+    if missing:
+        return f"line {lineno} lacks {', '.join(missing)}"
+    return row
+
+
+def _row_type_problems(lineno: int, row: dict[str, Any]) -> list[str]:
+    """What is wrong with the types of a parsed row's id, prediction, latency_ms and error."""
+    problems: list[str] = []
+    sid, pred, lat, err = row["id"], row["prediction"], row["latency_ms"], row["error"]
+    if not isinstance(sid, str):
+        problems.append(f"line {lineno}: id must be the input's string id, got {sid!r}")
+    if err is not None and not isinstance(err, str):
+        problems.append(f"line {lineno}: error must be null or a string, got {type(err).__name__}")
+    if pred is not None and not isinstance(pred, str):
+        problems.append(f"line {lineno}: prediction must be a string or null, got {type(pred).__name__}")
+    if pred is None and not err:
+        problems.append(f"line {lineno}: prediction is null but error is not set")
+    if lat is not None and (isinstance(lat, bool) or not isinstance(lat, (int, float)) or lat < 0):
+        problems.append(f"line {lineno}: latency_ms must be a number >= 0 or null, got {lat!r}")
+    return problems
 
 
 def check_progress(path: Path, total: int) -> Check:
@@ -344,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("image", help="a local image reference (name:tag or id)")
     ap.add_argument("--gpus", type=int, default=0, help="GPUs to give the container (default 0)")
-    ap.add_argument("--task", choices=("ocr", "vqa"), default="ocr")
+    # The task goes into params.json (a model picks its prompt or output format by it); the samples
+    # are the same rendered documents for every task (vqa adds a question): a contract check.
+    ap.add_argument("--task", choices=TASKS, default="ocr")
     ap.add_argument("--params", default="{}", help="model params as JSON, e.g. '{\"psm\": 6}'")
     ap.add_argument("--prompt", default="", help="prompt template (default: the image's own)")
     ap.add_argument(

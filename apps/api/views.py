@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.conf import settings
@@ -11,19 +12,46 @@ from django.http.response import HttpResponseBase
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, permissions, status, viewsets
+from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.decorators import action
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.api import serializers as s
+from apps.api.throttling import TokenThrottle
 from apps.catalog.models import Dataset, ModelImage
-from apps.catalog.services import RegistrationError, dataset_register, model_image_register
+from apps.catalog.services import (
+    RegistrationConflict,
+    RegistrationError,
+    dataset_register,
+    model_image_register,
+)
+from apps.catalog.uploadhandler import StagedUploadHandler
+from apps.catalog.uploads import (
+    STAGING,
+    UploadRequest,
+    UploadsUnavailable,
+    parse_columns,
+    uploads_root,
+)
+from apps.catalog.validators import params_problem, printable, text_problem
 from apps.hosts.models import Host
+from apps.quotas.services import check_run_quota, upload_bytes_left, upload_within_quota
 from apps.runs import artifacts
+from apps.runs.comparisons import comparison_start
 from apps.runs.models import Comparison, Experiment, Run
-from apps.runs.selectors import RunArtifact, leaderboard, run_artifacts
-from apps.runs.services import RunError, comparison_start, run_cancel, run_start
+from apps.runs.rescore import RunNotRescorable, run_rescore
+from apps.runs.selectors import (
+    RunArtifact,
+    leaderboard,
+    owned_experiments,
+    run_artifacts,
+    visible_experiments,
+    visible_runs,
+)
+from apps.runs.services import RunError, RunNotRetryable, run_cancel, run_retry, run_start
 from worker import contract
 
 
@@ -32,25 +60,96 @@ class IsStaffOrReadOnly(permissions.BasePermission):
         return bool(request.method in permissions.SAFE_METHODS or (request.user and request.user.is_staff))
 
 
-class DatasetViewSet(viewsets.ReadOnlyModelViewSet):
+class SafeLookupMixin:
+    """A detail URL's id or name that no row can have (not a 64-bit id, NUL, too long) is a 404
+    before it reaches the database (which might answer an error instead of no row)."""
+
+    lookup_field: str
+    kwargs: dict[str, Any]
+
+    def get_object(self) -> Any:
+        value = str(self.kwargs.get(getattr(self, "lookup_url_kwarg", None) or self.lookup_field, ""))
+        if self.lookup_field == "pk":
+            if not re.fullmatch(r"[0-9]{1,19}", value) or int(value) > s.MAX_ID:
+                raise Http404("Not found.")
+        elif len(value) > 300 or text_problem(value):
+            raise Http404("Not found.")
+        return super().get_object()  # type: ignore[misc]
+
+
+class DatasetViewSet(SafeLookupMixin, viewsets.ReadOnlyModelViewSet):
     queryset = Dataset.objects.all()
     serializer_class = s.DatasetSerializer
 
-    @extend_schema(request=s.DatasetRegisterSerializer, responses=s.DatasetSerializer)
+    @extend_schema(
+        request=s.DatasetRegisterSerializer,
+        responses={201: s.DatasetRegisteredSerializer, 200: s.DatasetRegisteredSerializer},
+    )
     def create(self, request: Request) -> Response:
+        """Register a version (201), add a second source to it or find it already registered (200).
+
+        A name and version that exist with another manifest, or a source that cannot join them,
+        answer 409 naming both sources and both manifest hashes.
+        """
         ser = s.DatasetRegisterSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
         try:
-            dataset = dataset_register(uri=ser.validated_data["uri"], created_by=request.user)
+            done = dataset_register(uri=ser.validated_data["uri"], created_by=request.user)
+        except RegistrationConflict as e:
+            return Response({"detail": str(e), "problems": e.problems}, status=status.HTTP_409_CONFLICT)
         except RegistrationError as e:
             return Response({"detail": str(e), "problems": e.problems}, status=status.HTTP_400_BAD_REQUEST)
-        return Response(s.DatasetSerializer(dataset).data, status=status.HTTP_201_CREATED)
+        body = {**s.DatasetSerializer(done.dataset).data, "outcome": done.outcome, "message": done.message}
+        return Response(body, status=status.HTTP_201_CREATED if done.created else status.HTTP_200_OK)
+
+    @extend_schema(request=s.DatasetUploadSerializer, responses={201: s.DatasetRegisteredSerializer})
+    @action(detail=False, methods=["post"], parser_classes=[MultiPartParser])
+    def upload(self, request: Request) -> Response:
+        """Upload a dataset without a shell on the server (multipart; the file in ``file``): an
+        archive in the project's layout, or a dataset in one of the import formats (``format``).
+
+        It is unpacked safely (no paths outside it, no links or devices; caps on bytes, members
+        and compression ratio), converted, stored under the server's uploads root and registered:
+        201 with the dataset. 400 names what is refused (a member, a row, a field); 403 when it
+        would go over the user's storage quota (``upload_bytes``); 409 when the version exists.
+        """
+        try:
+            root = uploads_root()
+        except UploadsUnavailable as e:
+            return Response({"detail": str(e)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        left = upload_bytes_left(request.user)  # QuotaExceeded 403 when nothing is left
+        max_bytes = settings.HYPERBENCH_UPLOAD_MAX_BYTES
+        handler = StagedUploadHandler(request._request, root / STAGING, max_bytes)
+        request._request.upload_handlers = [handler]
+        try:
+            return self._upload(request, left)
+        finally:
+            handler.discard()  # the request closes it too; not when the form could not be parsed
+
+    def _upload(self, request: Request, left: int | None) -> Response:
+        ser = s.DatasetUploadSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        v = ser.validated_data
+        upload = v["file"]
+        req = UploadRequest(
+            fmt=v["format"],
+            filename=str(upload.name or ""),
+            name=v["name"],
+            version=v["version"],
+            task=v.get("task", ""),
+            columns=parse_columns(v["columns"]),
+            description=v["description"],
+            license=v["license"],
+        )
+        done = upload_within_quota(upload, req, request.user, left)
+        body = {**s.DatasetSerializer(done.dataset).data, "outcome": done.outcome, "message": done.message}
+        return Response(body, status=status.HTTP_201_CREATED if done.created else status.HTTP_200_OK)
 
 
-class ModelImageViewSet(viewsets.ReadOnlyModelViewSet, mixins.CreateModelMixin):
+class ModelImageViewSet(SafeLookupMixin, viewsets.ReadOnlyModelViewSet, mixins.CreateModelMixin):
     queryset = ModelImage.objects.all()
     serializer_class = s.ModelImageSerializer
-    permission_classes = [permissions.IsAuthenticated, IsStaffOrReadOnly]
+    permission_classes = (permissions.IsAuthenticated, IsStaffOrReadOnly)
     lookup_field = "name"
 
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -64,13 +163,12 @@ class ModelImageViewSet(viewsets.ReadOnlyModelViewSet, mixins.CreateModelMixin):
 
 
 def _visible_experiments(request: Request) -> QuerySet[Experiment]:
-    qs = Experiment.objects.select_related("model", "dataset", "owner")
-    return qs if request.user.is_staff else qs.filter(owner=request.user)
+    return visible_experiments(request.user)
 
 
-class ExperimentViewSet(viewsets.ModelViewSet):
+class ExperimentViewSet(SafeLookupMixin, viewsets.ModelViewSet):
     serializer_class = s.ExperimentSerializer
-    http_method_names = ["get", "post", "head", "options"]
+    http_method_names = ("get", "post", "head", "options")
 
     def get_queryset(self) -> QuerySet[Experiment]:
         return _visible_experiments(self.request)
@@ -80,11 +178,10 @@ class ExperimentViewSet(viewsets.ModelViewSet):
 
 
 def _visible_runs(request: Request) -> QuerySet[Run]:
-    qs = Run.objects.select_related("experiment__model", "experiment__dataset").prefetch_related("shards")
-    return qs if request.user.is_staff else qs.filter(experiment__owner=request.user)
+    return visible_runs(request.user).prefetch_related("shards")
 
 
-class RunViewSet(viewsets.ReadOnlyModelViewSet):
+class RunViewSet(SafeLookupMixin, viewsets.ReadOnlyModelViewSet):
     serializer_class = s.RunSerializer
 
     def get_queryset(self) -> QuerySet[Run]:
@@ -98,10 +195,31 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
         ser = s.RunStartSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
         experiment = ser.validated_data["experiment"]
-        if not _visible_experiments(request).filter(pk=experiment.pk).exists():
+        if not owned_experiments(request.user).filter(pk=experiment.pk).exists():
+            if _visible_experiments(request).filter(pk=experiment.pk).exists():
+                return Response(
+                    {"detail": "Only the experiment's owner (or staff) starts its runs; others may read it."},
+                    status=status.HTTP_403_FORBIDDEN,
+                )
             return Response({"experiment": ["Not found."]}, status=status.HTTP_400_BAD_REQUEST)
+        # A row written around the registration checks (before they existed, or by hand) must
+        # not make run start fail with a 500: the spec merges these into one params object.
+        for field, value in (
+            (f"model {printable(experiment.model.name)!r} default_params", experiment.model.default_params),
+            ("experiment params", experiment.params),
+        ):
+            problem = params_problem(value if value is not None else {})
+            if problem:
+                return Response(
+                    {"detail": f"The {field} cannot be used: {problem} Ask staff to fix the row."},
+                    status=status.HTTP_400_BAD_REQUEST,
+                )
+        shards = ser.validated_data["shards"]
+        check_run_quota(request.user, shards)  # QuotaExceeded: 403 or 429 (apps/api/errors.py)
         try:
-            run = run_start(experiment=experiment, user=request.user, shards=ser.validated_data["shards"])
+            run = run_start(
+                experiment=experiment, user=request.user, shards=shards, reuse=ser.validated_data["reuse"]
+            )
         except RunError as e:
             return Response({"detail": str(e)}, status=status.HTTP_400_BAD_REQUEST)
         return Response(
@@ -112,9 +230,56 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         run = self.get_object()
+        if not owned_experiments(request.user).filter(pk=run.experiment_id).exists():
+            return Response(
+                {"detail": "Only the experiment's owner (or staff) cancels its runs; others may read it."},
+                status=status.HTTP_403_FORBIDDEN,
+            )
         run_cancel(run=run)
         run.refresh_from_db()
         return Response(s.RunSerializer(run, context={"request": request}).data)
+
+    @extend_schema(request=None, responses={201: s.RunSerializer})
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, pk: str | None = None) -> Response:
+        """A new run of this failed or cancelled run's frozen spec, reusing what it predicted (201);
+        409 when the run is not failed or cancelled."""
+        run = self.get_object()
+        if not owned_experiments(request.user).filter(pk=run.experiment_id).exists():
+            return Response(
+                {"detail": "Only the experiment's owner (or staff) retries its runs; others may read it."},
+                status=status.HTTP_403_FORBIDDEN,
+            )
+        check_run_quota(request.user, run.shard_count)
+        try:
+            new = run_retry(run=run, user=request.user)
+        except RunNotRetryable as e:
+            return Response({"detail": str(e)}, status=status.HTTP_409_CONFLICT)
+        except RunError as e:
+            return Response({"detail": str(e)}, status=status.HTTP_400_BAD_REQUEST)
+        return Response(
+            s.RunSerializer(new, context={"request": request}).data, status=status.HTTP_201_CREATED
+        )
+
+    @extend_schema(request=None, responses={201: s.EvaluationSerializer})
+    @action(detail=True, methods=["post"])
+    def rescore(self, request: Request, pk: str | None = None) -> Response:
+        """Score this succeeded run's stored predictions again with today's eval image, as a new
+        evaluation of the run (201: the evaluation created, queued); no model runs. 409 when the
+        run has not succeeded or is being re-scored already."""
+        run = self.get_object()
+        if not owned_experiments(request.user).filter(pk=run.experiment_id).exists():
+            return Response(
+                {"detail": "Only the experiment's owner (or staff) re-scores its runs; others may read it."},
+                status=status.HTTP_403_FORBIDDEN,
+            )
+        try:
+            ev = run_rescore(run=run, user=request.user)
+        except RunNotRescorable as e:
+            return Response({"detail": str(e)}, status=status.HTTP_409_CONFLICT)
+        except RunError as e:
+            return Response({"detail": str(e)}, status=status.HTTP_400_BAD_REQUEST)
+        return Response(s.EvaluationSerializer(ev).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses={(200, "text/html"): bytes})
     @action(detail=True, methods=["get"])
@@ -140,7 +305,10 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
             }
         )
 
-    @extend_schema(responses={(200, "application/octet-stream"): bytes, 302: None})
+    @extend_schema(
+        operation_id="v1_runs_artifact_retrieve",
+        responses={(200, "application/octet-stream"): bytes, 302: None},
+    )
     @action(
         detail=True, methods=["get"], url_path=r"artifacts/(?P<name>[A-Za-z0-9_./-]+)", url_name="artifact"
     )
@@ -154,7 +322,9 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
                 return HttpResponseRedirect(artifacts.presigned_url(found.location, filename=_filename(name)))
             except artifacts.ArtifactError as e:
                 return Response({"detail": str(e)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
-        return _stream(found.location)
+        response = _stream(found.location)
+        response["Content-Disposition"] = artifacts.attachment_header(name, found.location)
+        return response
 
 
 def _filename(name: str) -> str:
@@ -199,14 +369,18 @@ def _html_artifact(uri: str) -> HttpResponseBase:
     return _stream(loc)
 
 
-class ComparisonViewSet(viewsets.ReadOnlyModelViewSet):
+class ComparisonViewSet(SafeLookupMixin, viewsets.ReadOnlyModelViewSet):
     """Comparison reports of 2-8 succeeded runs on the same dataset version (paired bootstrap)."""
 
     serializer_class = s.ComparisonSerializer
+    queryset = Comparison.objects.none()  # for the schema; each request: get_queryset
 
     def get_queryset(self) -> QuerySet[Comparison]:
         qs = Comparison.objects.all()
-        return qs if self.request.user.is_staff else qs.filter(created_by=self.request.user)
+        user = self.request.user
+        if user.is_staff:
+            return qs
+        return qs.filter(created_by=user) if user.is_authenticated else qs.none()  # IsAuthenticated: always
 
     @extend_schema(request=s.ComparisonStartSerializer, responses=s.ComparisonSerializer)
     def create(self, request: Request) -> Response:
@@ -231,7 +405,7 @@ class ComparisonViewSet(viewsets.ReadOnlyModelViewSet):
         return _html_artifact(self.get_object().report_uri)
 
 
-class HostViewSet(viewsets.ReadOnlyModelViewSet):
+class HostViewSet(SafeLookupMixin, viewsets.ReadOnlyModelViewSet):
     """Host workers: GPUs, cached dataset versions, running containers, silent or not."""
 
     queryset = Host.objects.all()
@@ -268,10 +442,12 @@ class LeaderboardView(APIView):
             ]
         datasets = Dataset.objects.all()
         if q.get("dataset"):
-            if not q["dataset"].isdigit():
-                problems["dataset"] = ["Must be an integer id."]
+            raw = q["dataset"]
+            # ASCII digits only: str.isdigit() also takes "²" (int() refuses it) and "\u0661" (Arabic 1).
+            if not re.fullmatch(r"[0-9]{1,19}", raw) or int(raw) > s.MAX_ID:
+                problems["dataset"] = [f"Must be an integer id from 1 to {s.MAX_ID}."]
             else:
-                datasets = datasets.filter(pk=int(q["dataset"]))
+                datasets = datasets.filter(pk=int(raw))
         task = q.get("task") or None
         if task is not None and task not in contract.TASK_METRICS:
             problems["task"] = [f"Unknown task {task!r}; one of: {', '.join(sorted(contract.TASK_METRICS))}."]
@@ -287,4 +463,30 @@ class LeaderboardView(APIView):
                 problems["metric"] = [f"{metric!r} is not a {task} metric; the metrics are ({known})."]
         if problems:
             return Response(problems, status=status.HTTP_400_BAD_REQUEST)
-        return Response({"results": [b.as_dict() for b in leaderboard(datasets=datasets, metric=metric)]})
+        boards = leaderboard(datasets=datasets, metric=metric, runs=visible_runs(request.user))
+        return Response({"results": [b.as_dict() for b in boards]})
+
+
+class TokenView(ObtainAuthToken):
+    """``POST /api/v1/auth/token/`` {username, password}: the user's API token.
+
+    Throttled per client address whatever the outcome (``HYPERBENCH_API_THROTTLE_TOKEN``):
+    guessing passwords soon answers 429 with ``Retry-After``.
+    """
+
+    throttle_classes = (TokenThrottle,)
+    serializer_class = s.TokenRequestSerializer
+
+
+class NotFoundView(APIView):
+    """Any other URL under ``/api/v1/`` ending in ``/``: a JSON 404 after authentication (401
+    without a token), like a missing object; never Django's HTML page. Not in the schema."""
+
+    schema = None
+
+    # DRF hands its own Request here, not Django's HttpRequest: rest_framework-stubs declare APIView's
+    # method with this signature and the same ignore (it narrows django.views.View's argument).
+    def http_method_not_allowed(  # type: ignore[override]
+        self, request: Request, *args: Any, **kwargs: Any
+    ) -> Response:
+        raise Http404("Not found.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
@@ -11,13 +13,26 @@ class Dataset(models.Model):
     class Task(models.TextChoices):
         OCR = "ocr", "OCR"
         VQA = "vqa", "VQA"
+        TABLE = "table", "Table recognition"
+        KIE = "kie", "Key information extraction"
+        PAGE = "page", "Page parsing"
 
     name = models.CharField(max_length=200)
     version = models.CharField(max_length=100)
     task = models.CharField(max_length=8, choices=Task.choices)
     description = models.TextField(blank=True)
     license = models.CharField(max_length=100, blank=True)
-    source_uri = models.CharField(max_length=1000, help_text="file:///dir/ or s3://bucket/prefix/")
+    source_uri = models.CharField(
+        max_length=1000,
+        help_text="The primary source: file:///dir/ or s3://bucket/prefix/ (the local one when it has both)",
+    )
+    s3_uri = models.CharField(
+        max_length=1000,
+        blank=True,
+        default="",
+        help_text="A second source in S3 (same manifest, checked) when source_uri is a local directory: "
+        "hosts without that directory sync the version from here",
+    )
     manifest_sha256 = models.CharField(max_length=64)
     sample_count = models.PositiveIntegerField()
     total_bytes = models.PositiveBigIntegerField(default=0)
@@ -27,13 +42,38 @@ class Dataset(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        ordering = ["name", "version"]
-        constraints = [
+        ordering: ClassVar[list[str]] = ["name", "version"]
+        constraints: ClassVar[list[models.BaseConstraint]] = [
             models.UniqueConstraint(fields=["name", "version"], name="dataset_name_version_unique")
         ]
 
     def __str__(self) -> str:
         return f"{self.name}@{self.version}"
+
+    @property
+    def sources(self) -> list[str]:
+        """Every source of this version, the primary first."""
+        return [u for u in (self.source_uri, self.s3_uri) if u]
+
+
+# Every field a staff member sets on a model, in the model's order: the admin's form and the API's
+# serializer take this one list, so a new column is editable in both or in neither.
+MODEL_IMAGE_FIELDS = (
+    "name",
+    "image",
+    "digest",
+    "requires_gpu",
+    "gpus",
+    "network",
+    "cacheable",
+    "default_params",
+    "description",
+    "endpoint_base_url",
+    "endpoint_model",
+    "endpoint_api_key_env",
+    "endpoint_max_concurrency",
+    "endpoint_timeout_s",
+)
 
 
 class ModelImage(models.Model):
@@ -51,6 +91,11 @@ class ModelImage(models.Model):
     requires_gpu = models.BooleanField(default=False)
     gpus = models.PositiveSmallIntegerField(default=0)
     network = models.BooleanField(default=False, help_text="Egress for API models only")
+    cacheable = models.BooleanField(
+        default=True,
+        help_text="Its predictions may be reused by other runs (the prediction cache); off for a model "
+        "whose answers must be fetched anew each run. Resume and retry work either way.",
+    )
     default_params = models.JSONField(default=dict, blank=True)
     description = models.TextField(blank=True)
     # API models (vlm-openai): where the container sends requests. Staff set these;
@@ -68,7 +113,7 @@ class ModelImage(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        ordering = ["name"]
+        ordering: ClassVar[list[str]] = ["name"]
 
     def __str__(self) -> str:
         return self.name

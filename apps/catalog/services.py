@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db import IntegrityError, transaction
 
 from apps.catalog.models import Dataset, ModelImage
+from apps.catalog.validators import model_problems, printable
 from worker.contract import is_image_id
 from worker.manifest import DATASET_JSON, ManifestError, ManifestSummary, read_dataset_json, validate_local
+from worker.s3 import S3ClientSettings, endpoint_for, s3_client
 from worker.s3manifest import split_s3_uri, validate_s3
 
 
@@ -45,25 +45,67 @@ class _Checked:
     license: str
 
 
+#: Bounds of a file:// dataset path (bytes of UTF-8): a path segment, the whole path.
+MAX_SEGMENT_BYTES = 255
+MAX_PATH_BYTES = 1024
+
+
+def relative_to_roots(text: str) -> str:
+    """``text`` with every configured dataset root shown as a relative path: no absolute server path."""
+    for r in sorted(settings.HYPERBENCH_DATASET_ROOTS, key=lambda p: len(str(p)), reverse=True):
+        uri = r.as_uri()
+        text = text.replace(uri + "/", "").replace(uri, ".")
+        text = text.replace(str(r) + "/", "").replace(str(r), ".")
+    return text
+
+
+def _shown(path: Path) -> str:
+    """A path under a dataset root, as the user may see it: relative to its root."""
+    for r in settings.HYPERBENCH_DATASET_ROOTS:
+        if path == r:
+            return "."
+        if path.is_relative_to(r):
+            return str(path.relative_to(r))
+    return "(outside the dataset roots)"
+
+
 def _local_root_from_uri(uri: str) -> Path:
     parsed = urlparse(uri)
     if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
         raise RegistrationError(
-            f"Unsupported dataset URI {uri!r}: "
-            "use file:///absolute/dir/ under one of the configured dataset roots."
+            "Unsupported dataset URI: use file:///absolute/dir/ under one of the configured dataset roots."
         )
-    path = Path(unquote(parsed.path))
-    if not path.is_absolute():
-        raise RegistrationError(f"Dataset URI {uri!r} must name an absolute path.")
-    root = path.resolve()
-    allowed = settings.HYPERBENCH_DATASET_ROOTS
-    if not any(root == r or root.is_relative_to(r) for r in allowed):
+    if parsed.query or parsed.fragment:
+        raise RegistrationError("A file:// dataset URI cannot carry a query or a fragment.")
+    raw = unquote(parsed.path)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in raw):
+        raise RegistrationError("The dataset path must not contain NUL or other control characters.")
+    try:
+        encoded = raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RegistrationError("The dataset path is not valid UTF-8.") from None
+    if len(encoded) > MAX_PATH_BYTES or any(len(seg) > MAX_SEGMENT_BYTES for seg in encoded.split(b"/")):
         raise RegistrationError(
-            f"Dataset path {root} is outside the configured dataset roots "
-            f"({', '.join(str(r) for r in allowed)}); ask an operator to add it to HYPERBENCH_DATASET_ROOTS."
+            f"The dataset path is too long: at most {MAX_SEGMENT_BYTES} bytes a segment "
+            f"and {MAX_PATH_BYTES} in all."
         )
-    if not root.is_dir():
-        raise RegistrationError(f"Dataset directory {root} does not exist.")
+    path = Path(raw)
+    if not path.is_absolute():
+        raise RegistrationError("A file:// dataset URI must name an absolute path.")
+    try:
+        root = path.resolve()
+        allowed = settings.HYPERBENCH_DATASET_ROOTS
+        if not any(root == r or root.is_relative_to(r) for r in allowed):
+            raise RegistrationError(
+                "The dataset path is outside the configured dataset roots; "
+                "ask an operator to add its directory to HYPERBENCH_DATASET_ROOTS."
+            )
+        if not root.is_dir():
+            raise RegistrationError(
+                f"Dataset directory {_shown(root)} does not exist (under the dataset root)."
+            )
+    except (OSError, ValueError) as e:
+        raise RegistrationError(f"The dataset path cannot be read: {e.__class__.__name__}.") from e
     return root
 
 
@@ -73,16 +115,18 @@ def _check_local(uri: str) -> _Checked:
         summary = validate_local(root)
         info = read_dataset_json(root)
     except ManifestError as e:
-        raise RegistrationError(f"The dataset at {uri} is not valid.", e.problems) from e
+        raise RegistrationError(
+            f"The dataset at {_shown(root)} (under the dataset root) is not valid.",
+            [relative_to_roots(p) for p in e.problems],
+        ) from e
     return _Checked(root.as_uri() + "/", summary, info["description"], info["license"])
 
 
 def _s3_endpoint() -> str:
-    # Always explicit: left to botocore, the endpoint could come from AWS_ENDPOINT_URL or a config file.
-    return settings.HYPERBENCH_S3_ENDPOINT_URL or f"https://s3.{settings.HYPERBENCH_S3_REGION}.amazonaws.com"
+    return endpoint_for(settings.HYPERBENCH_S3_ENDPOINT_URL, settings.HYPERBENCH_S3_REGION)
 
 
-def _s3_location(uri: str) -> tuple[str, str]:
+def s3_location(uri: str) -> tuple[str, str]:
     """(bucket, prefix) of an ``s3://`` URI the server may read, or a RegistrationError saying why not."""
     parsed = urlparse(uri)
     netloc = parsed.netloc
@@ -114,28 +158,26 @@ def _s3_location(uri: str) -> tuple[str, str]:
         raise RegistrationError(f"Dataset URI {uri!r} is not valid: {'; '.join(e.problems)}.") from e
 
 
-def _s3_client() -> Any:
-    """A boto3 client on the configured endpoint with the configured keys (no credential chain)."""
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=_s3_endpoint(),
-        region_name=settings.HYPERBENCH_S3_REGION,
-        aws_access_key_id=settings.HYPERBENCH_S3_ACCESS_KEY_ID,
-        aws_secret_access_key=settings.HYPERBENCH_S3_SECRET_ACCESS_KEY,
-        aws_session_token=settings.HYPERBENCH_S3_SESSION_TOKEN or None,
-        config=Config(
-            s3={"addressing_style": "path"},  # as the host's node cache signs its GETs
-            connect_timeout=settings.HYPERBENCH_S3_TIMEOUT_S,
-            read_timeout=settings.HYPERBENCH_S3_TIMEOUT_S,
-            retries={"mode": "standard", "max_attempts": 3},
-        ),
+def web_s3_client() -> Any:
+    """The shared factory's client: the configured endpoint and keys (no credential chain)."""
+    return s3_client(
+        S3ClientSettings(
+            endpoint_url=settings.HYPERBENCH_S3_ENDPOINT_URL or None,
+            region=settings.HYPERBENCH_S3_REGION,
+            access_key_id=settings.HYPERBENCH_S3_ACCESS_KEY_ID,
+            secret_access_key=settings.HYPERBENCH_S3_SECRET_ACCESS_KEY,
+            session_token=settings.HYPERBENCH_S3_SESSION_TOKEN or None,
+            max_attempts=4,
+            connect_timeout_s=settings.HYPERBENCH_S3_TIMEOUT_S,
+            read_timeout_s=settings.HYPERBENCH_S3_TIMEOUT_S,
+        )
     )
 
 
 def _check_s3(uri: str) -> _Checked:
-    bucket, prefix = _s3_location(uri)
+    bucket, prefix = s3_location(uri)
     source = f"s3://{bucket}/{prefix}"
-    client = _s3_client()
+    client = web_s3_client()
     try:
         summary = validate_s3(source, client, buckets=settings.HYPERBENCH_S3_BUCKETS)
         # validate_s3 checked dataset.json; read it again for the free-text fields it does not return.
@@ -157,6 +199,8 @@ def _check_s3(uri: str) -> _Checked:
 
 
 def _check(uri: str) -> _Checked:
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in uri) or "%00" in uri:
+        raise RegistrationError("A dataset URI must not contain NUL or other control characters.")
     scheme = urlparse(uri).scheme
     if scheme == "file":
         return _check_local(uri)
@@ -173,46 +217,137 @@ def _check(uri: str) -> _Checked:
     )
 
 
-def dataset_register(*, uri: str, created_by: AbstractBaseUser | None = None) -> Dataset:
-    """Validate a dataset version (streaming its manifest) and record it.
+class RegistrationConflict(RegistrationError):
+    """The name and version exist and the new source cannot join them (HTTP 409)."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What :func:`dataset_register` did: ``outcome`` is ``created``, ``added_source`` or ``already``."""
+
+    dataset: Dataset
+    outcome: str
+    message: str
+
+    @property
+    def created(self) -> bool:
+        return self.outcome == "created"
+
+
+def _shown_uri(uri: str) -> str:
+    """A source as users may read it: an S3 URI as is, a local one relative to its dataset root."""
+    if not uri.startswith("file:"):
+        return uri
+    path = Path(unquote(urlparse(uri).path))
+    shown = _shown(path)
+    if shown.startswith("("):
+        return "a local directory outside today's dataset roots"
+    return f"the local directory {shown.rstrip('/')}/ (under a dataset root)"
+
+
+def _sources_shown(dataset: Dataset) -> str:
+    return " and ".join(_shown_uri(u) for u in dataset.sources)
+
+
+def _join(existing: Dataset, checked: _Checked) -> Registration | None:
+    """Record ``checked`` as a source of the ``existing`` version, or say why it cannot be.
+
+    Returns None when the row changed under us (a concurrent registration): the caller reads it again.
+    """
+    info = checked.summary
+    label = f"{existing.name}@{existing.version}"
+    new = checked.source_uri
+    if existing.manifest_sha256 != info["manifest_sha256"] or existing.sample_count != info["sample_count"]:
+        raise RegistrationConflict(
+            f"{label} is already registered from {_sources_shown(existing)} with manifest "
+            f"{existing.manifest_sha256} ({existing.sample_count} samples); {_shown_uri(new)} has manifest "
+            f"{info['manifest_sha256']} ({info['sample_count']} samples). Dataset versions are immutable: "
+            "register this content under a new version."
+        )
+    if new in existing.sources:
+        return Registration(
+            existing, "already", f"{label} is already registered from {_shown_uri(new)}; nothing changed."
+        )
+    new_is_s3 = new.startswith("s3://")
+    old_is_s3 = existing.source_uri.startswith("s3://")
+    if existing.s3_uri or new_is_s3 == old_is_s3:
+        kind = "an S3" if new_is_s3 else "a local"
+        raise RegistrationConflict(
+            f"{label} already has {kind} source ({_sources_shown(existing)}); a version has at most one "
+            f"local and one S3 source, so {_shown_uri(new)} was not added."
+        )
+    # One local and one S3 source: the local one is the primary (source_uri), the S3 one is s3_uri.
+    old = existing.source_uri
+    local, s3 = (old, new) if new_is_s3 else (new, old)
+    changed = Dataset.objects.filter(pk=existing.pk, source_uri=existing.source_uri, s3_uri="").update(
+        source_uri=local, s3_uri=s3
+    )
+    if not changed:
+        return None
+    existing.refresh_from_db()
+    return Registration(
+        existing,
+        "added_source",
+        f"{label} already existed from {_shown_uri(old)} with the same "
+        f"manifest ({existing.manifest_sha256}); added {_shown_uri(new)} as its second source. Hosts that "
+        "have the local directory read it there; the others sync the version from S3.",
+    )
+
+
+def dataset_register(*, uri: str, created_by: User | AnonymousUser | None = None) -> Registration:
+    """Validate a dataset version (streaming its manifest) and record it, or add it as a second source.
 
     ``file://`` versions are read from disk; ``s3://`` versions are streamed from
     the configured endpoint, and every object the manifest names is checked to
     exist with its declared size (against a listing of the prefix). Nothing is
     recorded unless the whole manifest is valid; the error's ``problems`` name
-    the manifest lines. Re-registering the same name/version with the same
-    manifest returns the existing row; a different manifest under an existing
-    name/version is refused (versions are immutable).
+    the manifest lines.
+
+    When the name and version exist already: the same source again is ``already``
+    (nothing changes); a source of the other kind (local vs S3) with the same
+    manifest hash and sample count becomes the version's second source
+    (``added_source``); anything else is a :class:`RegistrationConflict` naming
+    both sources and both hashes (versions are immutable). Messages show local
+    paths relative to their dataset root, never as absolute server paths.
     """
-    checked = _check(uri)  # slow I/O (disk, S3): outside any transaction
-    info = checked.summary
-    existing = Dataset.objects.filter(name=info["name"], version=info["version"]).first()
-    if existing is not None:
-        if existing.manifest_sha256 == info["manifest_sha256"]:
-            return existing
-        raise RegistrationError(
-            f"Dataset {info['name']}@{info['version']} is already registered "
-            "with a different manifest; "
-            "dataset versions are immutable, register it under a new version."
-        )
+    by = created_by if created_by is not None and created_by.is_authenticated else None
     try:
-        with transaction.atomic():
-            return Dataset.objects.create(
-                name=info["name"],
-                version=info["version"],
-                task=info["task"],
-                description=checked.description,
-                license=checked.license[:100],
-                source_uri=checked.source_uri,
-                manifest_sha256=info["manifest_sha256"],
-                sample_count=info["sample_count"],
-                total_bytes=info["total_bytes"],
-                created_by=created_by if created_by is not None and created_by.is_authenticated else None,
+        checked = _check(uri)  # slow I/O (disk, S3): outside any transaction
+        info = checked.summary
+        for _ in range(3):  # a concurrent registration of the same version may win a race; read again
+            existing = Dataset.objects.filter(name=info["name"], version=info["version"]).first()
+            if existing is not None:
+                joined = _join(existing, checked)
+                if joined is not None:
+                    return joined
+                continue
+            try:
+                with transaction.atomic():
+                    dataset = Dataset.objects.create(
+                        name=info["name"],
+                        version=info["version"],
+                        task=info["task"],
+                        description=checked.description,
+                        license=checked.license[:100],
+                        source_uri=checked.source_uri,
+                        manifest_sha256=info["manifest_sha256"],
+                        sample_count=info["sample_count"],
+                        total_bytes=info["total_bytes"],
+                        created_by=by,
+                    )
+            except IntegrityError:
+                continue
+            return Registration(
+                dataset,
+                "created",
+                f"Registered {dataset} from {_shown_uri(dataset.source_uri)}: "
+                f"{dataset.sample_count} samples, manifest {dataset.manifest_sha256}.",
             )
-    except IntegrityError as e:  # a concurrent registration of the same version won
         raise RegistrationError(
-            f"Dataset {info['name']}@{info['version']} was registered concurrently."
-        ) from e
+            f"Dataset {info['name']}@{info['version']} was being registered concurrently; try again."
+        )
+    except RegistrationError as e:  # no absolute server path in what users read
+        raise type(e)(relative_to_roots(str(e)), [relative_to_roots(p) for p in e.problems]) from e
 
 
 def model_image_register(
@@ -223,6 +358,7 @@ def model_image_register(
     requires_gpu: bool = False,
     gpus: int = 0,
     network: bool = False,
+    cacheable: bool = True,
     default_params: dict[str, object] | None = None,
     description: str = "",
     endpoint_base_url: str = "",
@@ -239,8 +375,29 @@ def model_image_register(
     host). A model without one could run whatever its tag points to later.
 
     Raises:
-        RegistrationError: the digest is missing or not a full ``sha256:`` image id.
+        RegistrationError: the digest is missing or not a full ``sha256:`` image id, or a
+            field is out of its bounds (``apps.catalog.validators.model_problems``:
+            endpoint URL, API-key variable, gpus, concurrency, timeout, default_params).
     """
+    problems = model_problems(
+        {
+            "name": name,
+            "image": image,
+            "gpus": gpus,
+            "default_params": default_params,
+            "description": description,
+            "endpoint_base_url": endpoint_base_url,
+            "endpoint_model": endpoint_model,
+            "endpoint_api_key_env": endpoint_api_key_env,
+            "endpoint_max_concurrency": endpoint_max_concurrency,
+            "endpoint_timeout_s": endpoint_timeout_s,
+        }
+    )
+    if problems:
+        raise RegistrationError(
+            f"Model {printable(name)!r} cannot be registered.",
+            [f"{field}: {why}" for field, why in problems.items()],
+        )
     digest = digest.strip()
     if not is_image_id(digest):
         raise RegistrationError(
@@ -257,6 +414,7 @@ def model_image_register(
             "requires_gpu": requires_gpu,
             "gpus": gpus,
             "network": network,
+            "cacheable": cacheable,
             "default_params": default_params or {},
             "description": description,
             "endpoint_base_url": endpoint_base_url,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import ClassVar
 
 from django.conf import settings
 from django.db import models
@@ -12,6 +13,14 @@ from django.utils import timezone
 class Host(models.Model):
     name = models.CharField(max_length=200, unique=True)
     worker = models.CharField(max_length=200, blank=True)
+    instance = models.CharField(max_length=64, blank=True, help_text="New at every start of the host worker")
+    queue = models.CharField(max_length=210, blank=True, help_text="The host's own queue")
+    dataset_roots = models.JSONField(default=list, blank=True, help_text="file:// roots this host mounts")
+    slots = models.PositiveIntegerField(default=1, help_text="Tasks the worker runs at once")
+    active = models.PositiveIntegerField(default=0, help_text="Tasks it ran at its last heartbeat")
+    tasks = models.JSONField(
+        default=list, blank=True, help_text="Ids of the tasks it held (running or reserved)"
+    )
     last_seen = models.DateTimeField()
     nvml = models.BooleanField(default=False, help_text="NVML answered on this host")
     gpus = models.JSONField(default=list, blank=True)
@@ -21,10 +30,19 @@ class Host(models.Model):
     running = models.JSONField(default=list, blank=True)
 
     class Meta:
-        ordering = ["name"]
+        ordering: ClassVar[list[str]] = ["name"]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def idle(self) -> bool:
+        """Live, and a pool slot was free at its last heartbeat."""
+        return not self.silent and self.active < max(self.slots, 1)
+
+    def holds(self, task_id: str) -> bool:
+        """Live, and holding this task (running it, or reserved for it) at its last heartbeat."""
+        return not self.silent and task_id in (self.tasks or [])
 
     @property
     def silent(self) -> bool:

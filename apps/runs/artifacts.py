@@ -10,7 +10,6 @@ under ``HYPERBENCH_ARTIFACTS_URI`` or one of ``HYPERBENCH_ARTIFACTS_S3_ROOTS``.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,9 @@ from typing import Any
 from urllib.parse import quote, unquote, urlparse
 
 from django.conf import settings
+from django.utils.http import content_disposition_header
+
+from worker.s3 import S3ClientSettings, S3UriError, parse_s3_uri, s3_client
 
 _CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -45,23 +47,41 @@ class Location:
         return self.path is None
 
     @property
+    def filename(self) -> str:
+        """The stored file's own name (``metrics.json``), the last segment of its path or key."""
+        return self.path.name if self.path is not None else self.key.rsplit("/", 1)[-1]
+
+    @property
+    def suffix(self) -> str:
+        name = self.filename
+        return name[name.rfind(".") :] if "." in name else ""
+
+    @property
     def content_type(self) -> str:
-        name = self.path.name if self.path is not None else self.key.rsplit("/", 1)[-1]
-        suffix = name[name.rfind(".") :] if "." in name else ""
-        return _CONTENT_TYPES.get(suffix, "application/octet-stream")
+        return _CONTENT_TYPES.get(self.suffix, "application/octet-stream")
+
+
+def download_filename(name: str, loc: Location) -> str:
+    """The file name a download is saved under: the artifact's API name, flattened, with the
+    stored file's extension (``metrics`` -> ``metrics.json``, ``shards/0/predictions`` ->
+    ``shards-0-predictions.jsonl``, ``logs/evaluate/attempt-1.log`` -> ``logs-evaluate-attempt-1.log``).
+    """
+    base = name.strip("/").replace("/", "-") or loc.filename
+    suffix = loc.suffix
+    return base if not suffix or base.endswith(suffix) else base + suffix
+
+
+def attachment_header(name: str, loc: Location) -> str:
+    """``Content-Disposition`` of an artifact download: ``attachment; filename="metrics.json"``
+    (RFC 6266; a name outside ASCII goes in ``filename*``)."""
+    return content_disposition_header(True, download_filename(name, loc)) or "attachment"
 
 
 def _split_s3(uri: str) -> tuple[str, str] | None:
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc or parsed.query or parsed.fragment or parsed.params:
+    try:
+        return parse_s3_uri(uri)
+    except S3UriError:
         return None
-    if "@" in parsed.netloc or ":" in parsed.netloc:
-        return None
-    key = unquote(parsed.path).lstrip("/")
-    segments = key.split("/")
-    if any(seg in (".", "..") for seg in segments) or "" in segments[:-1] or "\\" in key:
-        return None
-    return parsed.netloc, key
 
 
 def _s3_roots() -> list[tuple[str, str]]:
@@ -98,56 +118,42 @@ def locate(uri: str) -> Location | None:
     return None
 
 
-def _client_settings() -> tuple[Any, ...]:
-    return (
-        # Always explicit: left to botocore, the endpoint could come from AWS_ENDPOINT_URL or a config file.
-        settings.HYPERBENCH_S3_ENDPOINT_URL or f"https://s3.{settings.HYPERBENCH_S3_REGION}.amazonaws.com",
-        settings.HYPERBENCH_S3_REGION,
-        settings.HYPERBENCH_S3_ACCESS_KEY_ID,
-        settings.HYPERBENCH_S3_SECRET_ACCESS_KEY,
-        settings.HYPERBENCH_S3_SESSION_TOKEN,
-        bool(settings.HYPERBENCH_S3_ENDPOINT_URL),
-        settings.HYPERBENCH_S3_TIMEOUT_S,
-    )
-
-
-@functools.lru_cache(maxsize=4)
-def _client_for(
-    endpoint: str, region: str, key_id: str, secret: str, token: str, custom: bool, timeout_s: int
-) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    if not key_id or not secret:
-        raise ArtifactError(
-            "s3:// artifacts need AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY on the web server."
-        )
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=region,
-        aws_access_key_id=key_id,
-        aws_secret_access_key=secret,
-        aws_session_token=token or None,
-        config=Config(
-            signature_version="s3v4",
-            s3={"addressing_style": "path" if custom else "auto"},
-            connect_timeout=timeout_s,
-            read_timeout=timeout_s,
-            retries={"mode": "standard", "total_max_attempts": 3},
-        ),
-    )
+def s3_client_of_server() -> Any:
+    """The web server's S3 client (its HYPERBENCH_S3_* settings). Raises ArtifactError without keys."""
+    return _client()
 
 
 def _client() -> Any:
-    return _client_for(*_client_settings())
+    if not settings.HYPERBENCH_S3_ACCESS_KEY_ID or not settings.HYPERBENCH_S3_SECRET_ACCESS_KEY:
+        raise ArtifactError(
+            "s3:// artifacts need AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY on the web server."
+        )
+    return s3_client(
+        S3ClientSettings(
+            endpoint_url=settings.HYPERBENCH_S3_ENDPOINT_URL or None,
+            region=settings.HYPERBENCH_S3_REGION,
+            access_key_id=settings.HYPERBENCH_S3_ACCESS_KEY_ID,
+            secret_access_key=settings.HYPERBENCH_S3_SECRET_ACCESS_KEY,
+            session_token=settings.HYPERBENCH_S3_SESSION_TOKEN or None,
+            max_attempts=3,
+            connect_timeout_s=settings.HYPERBENCH_S3_TIMEOUT_S,
+            read_timeout_s=settings.HYPERBENCH_S3_TIMEOUT_S,
+        )
+    )
 
 
 def presigned_url(loc: Location, *, filename: str | None = None) -> str:
-    """A GET URL for an s3:// artifact, valid for ``HYPERBENCH_ARTIFACTS_URL_TTL_S`` seconds."""
-    params: dict[str, str] = {"Bucket": loc.bucket, "Key": loc.key, "ResponseContentType": loc.content_type}
-    if filename:
-        params["ResponseContentDisposition"] = f'inline; filename="{quote(filename)}"'
+    """A GET URL for an s3:// artifact, valid for ``HYPERBENCH_ARTIFACTS_URL_TTL_S`` seconds.
+
+    S3 answers it as a download named after ``filename`` (the artifact's API name) with the
+    stored file's extension: ``Content-Disposition: attachment; filename="metrics.json"``.
+    """
+    params: dict[str, str] = {
+        "Bucket": loc.bucket,
+        "Key": loc.key,
+        "ResponseContentType": loc.content_type,
+        "ResponseContentDisposition": attachment_header(filename or loc.filename, loc),
+    }
     return str(
         _client().generate_presigned_url(
             "get_object", Params=params, ExpiresIn=int(settings.HYPERBENCH_ARTIFACTS_URL_TTL_S)

@@ -1,8 +1,9 @@
 """HyperBench eval image: score predictions against a dataset's ground truth.
 
 Inputs (container contract v1, eval flavour):
-  /data/dataset.json           {"task": "ocr" | "vqa", ...}
-  /data/manifest.jsonl         ground truth: id + text (ocr) or question + answers (vqa)
+  /data/dataset.json           {"task": "ocr" | "vqa" | "table" | "kie" | "page", ...}
+  /data/manifest.jsonl         ground truth: id + text (ocr), question + answers (vqa),
+                               html (table), fields (kie) or markdown (page)
   /job/predictions.jsonl       {"id", "prediction", "latency_ms", "error"}
 Outputs:
   /job/output/metrics.json     aggregates with bootstrap 95% CIs
@@ -17,20 +18,34 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # hb_metrics / hb_stats live beside this file
+# hb_metrics / hb_stats / hb_bootstrap / hb_io live beside this file
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import hb_metrics as hm  # noqa: E402
-import hb_stats  # noqa: E402
+import hb_bootstrap
+import hb_kie
+import hb_metrics as hm
+import hb_page
+import hb_stats
+import hb_table
+from hb_io import atomic_write
 
 METRIC_VERSION = hm.METRIC_VERSION
 BOOTSTRAP_RESAMPLES = hb_stats.BOOTSTRAP_RESAMPLES
 BOOTSTRAP_SEED = hb_stats.BOOTSTRAP_SEED
+# The document tasks: each module scores one sample (score_sample) and keeps its own metric version.
+DOC_TASKS: dict[str, Any] = {"table": hb_table, "kie": hb_kie, "page": hb_page}
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "ocr": hm.OCR_METRICS,
+    "vqa": hm.VQA_METRICS,
+    "table": hb_table.TABLE_METRICS,
+    "kie": hb_kie.KIE_METRICS,
+    "page": hb_page.PAGE_METRICS,
+}
 
 
 def _env_path(name: str, default: str) -> Path:
@@ -198,9 +213,27 @@ def score_vqa(manifest: list[dict[str, Any]], preds: dict[str, dict[str, Any]]) 
     return scored
 
 
+def score_doc_task(task: str, manifest: list[dict[str, Any]], preds: dict[str, dict[str, Any]]) -> Scored:
+    """table / kie / page: the module scores each sample (None for a failed prediction)."""
+    module = DOC_TASKS[task]
+    scored = Scored()
+    for sample in manifest:
+        row = preds.get(str(sample["id"]))
+        p = prediction_for(row)
+        scored.missing += row is None
+        scored.errors += p.failed
+        fields, has_reference = module.score_sample(sample, None if p.failed else p.text)
+        scored.no_reference += not has_reference
+        out = _base_row(sample, p, row)
+        out.update(fields)
+        out["metric_version"] = module.METRIC_VERSION
+        scored.per_sample.append(out)
+    return scored
+
+
 def metric_names(task: str, dataset: dict[str, Any]) -> list[str]:
     """The task's metrics, primary first; dataset.json may narrow them with "metrics": [...]."""
-    allowed = list(hm.OCR_METRICS if task == "ocr" else hm.VQA_METRICS)
+    allowed = list(TASK_METRICS[task])
     wanted = dataset.get("metrics")
     if isinstance(wanted, list) and wanted:
         unknown = [m for m in wanted if m not in allowed]
@@ -238,39 +271,30 @@ def latency_summary(per_sample: list[dict[str, Any]]) -> dict[str, float | None]
     }
 
 
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the host side reads these files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def evaluate(
     data: Path, predictions: Path, out: Path, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
 ) -> dict[str, Any]:
     started = time.time()
     dataset = json.loads((data / "dataset.json").read_text(encoding="utf-8"))
     task = dataset.get("task")
-    if task not in ("ocr", "vqa"):
-        raise ValueError(f"dataset.json: unknown task {task!r} (expected 'ocr' or 'vqa')")
+    if task not in TASK_METRICS:
+        raise ValueError(f"dataset.json: unknown task {task!r} (expected one of {', '.join(TASK_METRICS)})")
     names = metric_names(task, dataset)
     manifest = read_jsonl(data / "manifest.jsonl")
     preds, duplicates = load_predictions(predictions)
     manifest_ids = {str(s["id"]) for s in manifest}
     unknown = sum(1 for k in preds if k not in manifest_ids)
 
-    scored = score_ocr(manifest, preds) if task == "ocr" else score_vqa(manifest, preds)
+    if task in DOC_TASKS:
+        scored = score_doc_task(task, manifest, preds)
+    else:
+        scored = score_ocr(manifest, preds) if task == "ocr" else score_vqa(manifest, preds)
     rows = scored.per_sample
-    stats = {name: stat for name in names if (stat := hb_stats.statistic_for(name, rows)) is not None}
+    columns = {name: cols for name in names if (cols := hb_stats.columns_for(name, rows)) is not None}
+    stats = {name: hb_stats.statistic_of(cols) for name, cols in columns.items()}
     everything = range(len(rows))
     values = {name: stat(everything) if rows else math.nan for name, stat in stats.items()}
-    cis = hb_stats.bootstrap_ci(len(rows), stats, resamples, seed)
+    cis = hb_bootstrap.bootstrap_ci(len(rows), columns, resamples, seed)  # = hb_stats.bootstrap_ci, in numpy
     metrics = {
         name: {"value": _clean(values[name]), "ci95": [_clean(cis[name][0]), _clean(cis[name][1])]}
         for name in stats
@@ -280,11 +304,11 @@ def evaluate(
         "metrics": metrics,
         "primary_metric": primary,
         "lower_is_better": sorted(n for n in names if hb_stats.lower_is_better(n)),
-        "metric_version": METRIC_VERSION,
+        "metric_version": DOC_TASKS[task].METRIC_VERSION if task in DOC_TASKS else METRIC_VERSION,
         "task": task,
         "dataset": {"name": dataset.get("name"), "version": dataset.get("version")},
-        "normalization": hm.NORMALIZATION[task],
-        "policy": hm.POLICY,
+        "normalization": DOC_TASKS[task].NORMALIZATION if task in DOC_TASKS else hm.NORMALIZATION[task],
+        "policy": {**hm.POLICY, **DOC_TASKS[task].POLICY} if task in DOC_TASKS else hm.POLICY,
         "n": len(manifest),
         "errors": scored.errors,
         "missing": scored.missing,
@@ -296,6 +320,8 @@ def evaluate(
         "bootstrap": {"resamples": resamples, "seed": seed, "method": hb_stats.BOOTSTRAP_METHOD},
         "elapsed_s": round(time.time() - started, 3),
     }
+    if task == "kie":  # unparsable predictions, corpus counts, per-field precision / recall / F1
+        doc.update(hb_kie.summary(rows))
     atomic_write(out / "per_sample.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     atomic_write(out / "metrics.json", json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     return doc

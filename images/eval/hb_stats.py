@@ -37,8 +37,17 @@ AGGREGATES: dict[str, tuple[str, ...]] = {
     "vqa_accuracy": ("mean", "vqa_accuracy"),
     "relaxed_accuracy": ("mean", "relaxed_accuracy"),
     "ocrbench": ("mean", "ocrbench"),
+    # table (hb_table), kie (hb_kie), page (hb_page)
+    "teds": ("mean", "teds"),
+    "teds_struct": ("mean", "teds_struct"),
+    "field_f1": ("ratio", "field_tp", "f1_den"),  # TP / (TP + (FP + FN) / 2), summed over the corpus
+    "nted_accuracy": ("mean", "nted_accuracy"),
+    "page_ned": ("mean", "page_ned"),
+    "table_teds": ("ratio", "table_teds_sum", "gt_tables"),  # per ground-truth table
+    "table_teds_struct": ("ratio", "table_teds_struct_sum", "gt_tables"),
+    "tables_found": ("ratio", "tables_all_found", "has_tables"),  # per page with tables
 }
-LOWER_IS_BETTER = frozenset({"cer", "wer", "cer_mean", "wer_mean", "ned"})
+LOWER_IS_BETTER = frozenset({"cer", "wer", "cer_mean", "wer_mean", "ned", "page_ned"})
 
 Statistic = Callable[[Sequence[int]], float]
 
@@ -86,18 +95,27 @@ def _num(row: Mapping[str, Any], key: str) -> float:
     return 0.0
 
 
+# ("ratio", [numerator per sample], [denominator per sample]) | ("mean", [value per sample])
+Columns = tuple[str, tuple[list[float], ...]]
+
+
+def columns_for(metric: str, rows: Sequence[Mapping[str, Any]]) -> Columns | None:
+    """The aggregate's kind and its per-sample columns (None: not an aggregate, or not in the rows)."""
+    spec = AGGREGATES.get(metric)
+    if spec is None or not rows or any(key not in rows[0] for key in spec[1:]):
+        return None
+    return spec[0], tuple([_num(r, key) for r in rows] for key in spec[1:])
+
+
+def statistic_of(columns: Columns) -> Statistic:
+    kind, cols = columns
+    return ratio_stat(cols[0], cols[1]) if kind == "ratio" else mean_stat(cols[0])
+
+
 def statistic_for(metric: str, rows: Sequence[Mapping[str, Any]]) -> Statistic | None:
     """The aggregate of `metric` over per-sample rows, as a function of drawn indices."""
-    spec = AGGREGATES.get(metric)
-    if spec is None:
-        return None
-    if spec[0] == "ratio":
-        if not rows or spec[1] not in rows[0] or spec[2] not in rows[0]:
-            return None
-        return ratio_stat([_num(r, spec[1]) for r in rows], [_num(r, spec[2]) for r in rows])
-    if not rows or spec[1] not in rows[0]:
-        return None
-    return mean_stat([_num(r, spec[1]) for r in rows])
+    columns = columns_for(metric, rows)
+    return None if columns is None else statistic_of(columns)
 
 
 def bootstrap_ci(

@@ -12,7 +12,7 @@ Params (/job/params.json, all optional):
       default) upscales small images so their shorter side is at least the limit
   device ("auto" | "cpu" | "cuda", default "auto"): the onnxruntime execution provider;
       "auto" takes CUDA when onnxruntime offers CUDAExecutionProvider and the worker
-      granted a GPU, else CPU (ocr_providers.py). The provider asked for and the one
+      granted a GPU, else CPU (hyperbench_sdk.providers). The provider asked for and the one
       the sessions run on are logged to stderr (the run keeps the container log).
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 import onnxruntime
 import rapidocr
 from hyperbench_sdk import run_model
-from ocr_providers import engine_params, gpu_visible, select_provider
+from hyperbench_sdk.providers import engine_params, gpu_visible, select_provider
 from rapidocr import RapidOCR
 
 MODELS = Path(rapidocr.__file__).resolve().parent / "models"

@@ -15,6 +15,7 @@ Every check catches its own errors: a probe that crashes reports nothing.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -84,15 +85,11 @@ def fork_many(n: int) -> dict[str, Any]:
         error = _err(e)
     finally:
         for pid in children:
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
         for pid in children:
-            try:
+            with contextlib.suppress(OSError):
                 os.waitpid(pid, 0)
-            except OSError:
-                pass
     return {"tried": n, "forked": len(children), "error": error}
 
 

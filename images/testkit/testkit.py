@@ -6,6 +6,15 @@ params.json ``{"params": {"mode": ...}}``:
     hang    ignore SIGTERM and sleep forever
     slow    sleep ``sleep_s`` (default 1) before each prediction, reporting progress
     oom     allocate memory until the kernel kills the container
+
+and, with any mode:
+    fail_ids  ids whose line is a per-sample error (prediction null, error set),
+              as a model that cannot read one page writes it; the rest are predicted
+    exit_ids  ids at which the container exits 3 before predicting them (a crash on
+              a given sample: the lines before it stay written)
+
+It always prints the ids it was sent on stderr first (``testkit: received N: id ...``),
+so a test reads from the kept container log what reached the model.
 """
 
 from __future__ import annotations
@@ -23,17 +32,30 @@ def main() -> int:
     params = json.loads((JOB / "params.json").read_text()).get("params", {})
     mode = str(params.get("mode", "echo"))
     samples = [json.loads(line) for line in (JOB / "input.jsonl").read_text().splitlines() if line.strip()]
+    fail_ids = {str(i) for i in params.get("fail_ids", [])}
+    exit_ids = {str(i) for i in params.get("exit_ids", [])}
+    print(f"testkit: received {len(samples)}: {' '.join(str(s['id']) for s in samples)}", file=sys.stderr)
     out = JOB / "output" / "predictions.jsonl"
     with open(out, "w", encoding="utf-8") as f:
         for i, s in enumerate(samples):
             if mode == "exit" and i == 1:
                 print("testkit: failing on purpose after 1 sample", file=sys.stderr)
                 return 3
+            if str(s["id"]) in exit_ids:
+                print(f"testkit: failing on purpose at sample {s['id']}", file=sys.stderr)
+                return 3
             if mode == "slow":
                 time.sleep(float(params.get("sleep_s", 1)))
-            f.write(
-                json.dumps({"id": s["id"], "prediction": s["id"], "latency_ms": 0.0, "error": None}) + "\n"
-            )
+            if str(s["id"]) in fail_ids:
+                row = {
+                    "id": s["id"],
+                    "prediction": None,
+                    "latency_ms": None,
+                    "error": "testkit: failing on purpose",
+                }
+            else:
+                row = {"id": s["id"], "prediction": s["id"], "latency_ms": 0.0, "error": None}
+            f.write(json.dumps(row) + "\n")
             f.flush()
             progress = json.dumps({"done": i + 1, "total": len(samples)})
             (JOB / "output" / "progress.json").write_text(progress)

@@ -18,7 +18,8 @@ Where the endpoint comes from (never from run input; see README.md):
   Run params that try to set ``base_url``, ``model``, ``api_key`` or ``api_key_env``
   are refused (exit 2).
 
-Params (``/job/params.json`` ``{"params": {...}, "prompt": "...", "task": "ocr"|"vqa"}``):
+Params (``/job/params.json`` ``{"params": {...}, "prompt": "...", "task": ...}``; task: ocr, vqa, kie,
+page or table):
   max_concurrency (int, default 4, 1..min(32, operator cap))  requests in flight
   timeout_s (int, default 60 or the endpoint's, 1..600)       per request
   max_retries (int, default 4, 0..8)                           per sample, after the first try
@@ -26,14 +27,19 @@ Params (``/job/params.json`` ``{"params": {...}, "prompt": "...", "task": "ocr"|
   max_tokens (int, default 1024, 1..16384), temperature (float, default 0.0, 0..2)
   system (str, optional)                                        a system message
   image_detail ("auto" | "low" | "high", optional)
-The prompt is params.json's ``prompt``, else a default for the task. ``{question}``
-in the prompt is replaced by the sample's question; a VQA sample whose prompt
+  json_mode ("auto" | "on" | "off"; default "auto" for kie, "off" otherwise): "on" and "auto" send
+      ``response_format: {"type": "json_object"}``; an endpoint that refuses it (HTTP 400/422)
+      fails the sample under "on" with a message saying so, and under "auto" is asked again
+      without it, for the rest of the shard (logged once; each line's ``json_mode`` says
+      whether the answering request carried it)
+The prompt is params.json's ``prompt``, else a default for the task (DEFAULT_PROMPTS).
+``{question}`` in the prompt is replaced by the sample's question; a VQA sample whose prompt
 has no ``{question}`` gets ``Question: ...`` appended.
 
 Each prediction line carries, besides the contract keys: ``usage``
 (``prompt_tokens``, ``completion_tokens``, ``total_tokens`` as the server reports
-them, or null), ``attempts``, ``wall_ms`` (including retries and backoff) and
-``finish_reason``. ``latency_ms`` is the round trip of the request that answered.
+them, or null), ``attempts``, ``wall_ms`` (including retries and backoff),
+``finish_reason`` and ``json_mode``. ``latency_ms`` is the round trip of the request that answered.
 """
 
 from __future__ import annotations
@@ -69,7 +75,31 @@ DEFAULT_PROMPTS = {
         "Output only the transcribed text, with no commentary."
     ),
     "vqa": "Answer the question about this document image with a short answer only.\nQuestion: {question}",
+    "kie": (
+        "Extract the key information from this document (a receipt, an invoice, a form) as one JSON "
+        "object. Use short snake_case keys for the fields the document shows (for example store, date, "
+        "total); put repeated entries such as line items in a list of objects (for example items: "
+        "[{name, qty, price}]). Copy every value exactly as printed, as a string. Output only the JSON "
+        "object, with no commentary."
+    ),
+    "page": (
+        "Convert this document page to Markdown, in reading order. Write titles and section headings "
+        "as Markdown headings (# and ##), each paragraph as plain text on its own, lists as Markdown "
+        "lists, and every table as an HTML <table> (with <tr>, <th>, <td>, and colspan or rowspan "
+        "where cells span) or as a Markdown pipe table. Leave out page furniture such as page numbers. "
+        "Output only the Markdown, with no commentary and no code fence."
+    ),
+    "table": (
+        "Convert the table in this image to HTML: one <table> element with a <tr> per row, <th> for "
+        "header cells and <td> for the others, colspan and rowspan where cells span, and the cell text "
+        "exactly as printed. Output only the HTML, with no commentary and no code fence."
+    ),
 }
+# json_mode "auto" (the default for these tasks) sends response_format {"type": "json_object"}
+# and, when the endpoint refuses it (HTTP 400 or 422), asks again without it for the rest of the shard.
+JSON_TASKS = frozenset({"kie"})
+JSON_MODES = ("auto", "on", "off")
+JSON_REJECT_STATUS = frozenset({400, 422})
 HARD_MAX_CONCURRENCY = 32
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_BACKOFF_S = 30.0
@@ -85,9 +115,28 @@ class ConfigError(ValueError):
 class RequestFailed(RuntimeError):
     """A sample's request failed for good (after the retries, or a non-retryable status)."""
 
-    def __init__(self, message: str, attempts: int = 1) -> None:
+    def __init__(self, message: str, attempts: int = 1, status: int | None = None) -> None:
         super().__init__(message)
         self.attempts = attempts
+        self.status = status
+
+
+class JsonModeState:
+    """json_mode "auto": on until the endpoint refuses response_format once, then off for the shard."""
+
+    def __init__(self, mode: str) -> None:
+        self.enabled = mode in ("auto", "on")
+        self.mode = mode
+        self.fell_back = False
+
+    def refused(self, reason: str) -> None:
+        if not self.fell_back:
+            self.fell_back = True
+            self.enabled = False
+            _log(
+                f"the endpoint refused response_format json_object ({reason}); json_mode 'auto': "
+                "asking without it from now on (the prompt still asks for JSON)"
+            )
 
 
 @dataclass(frozen=True)
@@ -111,6 +160,7 @@ class Options:
     image_detail: str | None
     prompt: str
     task: str
+    json_mode: str = "off"
 
 
 @dataclass
@@ -122,6 +172,7 @@ class Outcome:
     attempts: int
     usage: dict[str, int] | None
     finish_reason: str | None
+    json_mode: bool = False  # response_format json_object was sent on the answering request
 
 
 def _log(msg: str) -> None:
@@ -221,6 +272,9 @@ def load_options(raw: dict[str, Any], endpoint: Endpoint) -> Options:
     detail = params.get("image_detail")
     if detail is not None and detail not in ("auto", "low", "high"):
         raise ConfigError(f"image_detail must be 'auto', 'low' or 'high', not {detail!r}")
+    json_mode = params.get("json_mode", "auto" if task in JSON_TASKS else "off")
+    if json_mode not in JSON_MODES:
+        raise ConfigError(f"json_mode must be one of {', '.join(map(repr, JSON_MODES))}, not {json_mode!r}")
     default_timeout = int(endpoint.timeout_s) if endpoint.timeout_s else 60
     return Options(
         max_concurrency=_int(
@@ -235,13 +289,16 @@ def load_options(raw: dict[str, Any], endpoint: Endpoint) -> Options:
         image_detail=detail,
         prompt=prompt,
         task=task,
+        json_mode=json_mode,
     )
 
 
 # ----------------------------------------------------------------------------- one sample
 
 
-def build_request(sample: dict[str, Any], image: bytes, opts: Options, model: str) -> dict[str, Any]:
+def build_request(
+    sample: dict[str, Any], image: bytes, opts: Options, model: str, *, json_object: bool = False
+) -> dict[str, Any]:
     url: dict[str, Any] = {
         "url": f"data:{image_mime(image)};base64,{base64.b64encode(image).decode('ascii')}"
     }
@@ -259,12 +316,15 @@ def build_request(sample: dict[str, Any], image: bytes, opts: Options, model: st
             ],
         }
     )
-    return {
+    body: dict[str, Any] = {
         "model": model,
         "messages": messages,
         "max_tokens": opts.max_tokens,
         "temperature": opts.temperature,
     }
+    if json_object:
+        body["response_format"] = {"type": "json_object"}
+    return body
 
 
 def parse_response(body: bytes) -> tuple[str, dict[str, int] | None, str | None]:
@@ -326,7 +386,7 @@ def call_endpoint(
             detail = e.read()[:300].decode("utf-8", "replace").strip()
             reason = f"HTTP {e.code}: {detail or e.reason}"
             if e.code not in RETRY_STATUS:
-                raise RequestFailed(f"{reason} (not retried)", attempt) from e
+                raise RequestFailed(f"{reason} (not retried)", attempt, e.code) from e
             wait_s = _retry_after(e)
         except TimeoutError as e:  # socket.timeout is TimeoutError since 3.10
             reason = f"timed out after {opts.timeout_s:g}s ({e})"
@@ -342,19 +402,41 @@ def call_endpoint(
         sleep(wait_s)
 
 
-def run_sample(sample: dict[str, Any], endpoint: Endpoint, opts: Options) -> Outcome:
+def run_sample(
+    sample: dict[str, Any], endpoint: Endpoint, opts: Options, json_state: JsonModeState | None = None
+) -> Outcome:
     t0 = time.perf_counter()
     attempts = 0
+    json_state = json_state or JsonModeState(opts.json_mode)
     try:
         path = resolve_data_path(sample.get("image", ""))
         if not path.is_file():
             raise FileNotFoundError(f"image not found: {sample.get('image')!r}")
         if path.stat().st_size > MAX_IMAGE_BYTES:
             raise ValueError(f"image larger than {MAX_IMAGE_BYTES} bytes")
-        payload = build_request(sample, path.read_bytes(), opts, endpoint.model)
-        body, latency_ms, attempts = call_endpoint(endpoint, payload, opts)
+        image = path.read_bytes()
+        json_object = json_state.enabled
+        payload = build_request(sample, image, opts, endpoint.model, json_object=json_object)
+        try:
+            body, latency_ms, attempts = call_endpoint(endpoint, payload, opts)
+        except RequestFailed as e:
+            if not json_object or e.status not in JSON_REJECT_STATUS:
+                raise
+            if opts.json_mode == "on":
+                raise RequestFailed(
+                    f"{e}; the endpoint refused response_format json_object: set the run param "
+                    "json_mode to 'auto' (fall back to the prompt alone) or 'off'",
+                    e.attempts,
+                    e.status,
+                ) from e
+            json_state.refused(str(e))
+            json_object = False
+            payload = build_request(sample, image, opts, endpoint.model, json_object=False)
+            body, latency_ms, more = call_endpoint(endpoint, payload, opts)
+            attempts = e.attempts + more
         text, usage, finish = parse_response(body)
-        return Outcome(text, None, latency_ms, (time.perf_counter() - t0) * 1000.0, attempts, usage, finish)
+        wall_ms = (time.perf_counter() - t0) * 1000.0
+        return Outcome(text, None, latency_ms, wall_ms, attempts, usage, finish, json_object)
     except Exception as e:  # noqa: BLE001 - a failing sample must not kill the shard
         if isinstance(e, RequestFailed):
             attempts = e.attempts
@@ -380,8 +462,10 @@ def run(endpoint: Endpoint, opts: Options, progress_interval_s: float = 0.5) -> 
     write_progress(done, total)
     _log(
         f"{len(todo)} samples -> {endpoint.url} model={endpoint.model} "
-        f"concurrency={opts.max_concurrency} timeout={opts.timeout_s:g}s retries={opts.max_retries}"
+        f"concurrency={opts.max_concurrency} timeout={opts.timeout_s:g}s retries={opts.max_retries} "
+        f"task={opts.task} json_mode={opts.json_mode}"
     )
+    json_state = JsonModeState(opts.json_mode)
     errors = 0
     last = time.monotonic()
     with PredictionWriter() as writer, ThreadPoolExecutor(max_workers=opts.max_concurrency) as pool:
@@ -394,7 +478,7 @@ def run(endpoint: Endpoint, opts: Options, progress_interval_s: float = 0.5) -> 
                 nxt = next(queue, None)
                 if nxt is None:
                     return
-                pending[pool.submit(run_sample, nxt, endpoint, opts)] = nxt
+                pending[pool.submit(run_sample, nxt, endpoint, opts, json_state)] = nxt
 
         top_up()
         while pending:
@@ -415,6 +499,7 @@ def run(endpoint: Endpoint, opts: Options, progress_interval_s: float = 0.5) -> 
                         "attempts": out.attempts,
                         "wall_ms": round(out.wall_ms, 3),
                         "finish_reason": out.finish_reason,
+                        "json_mode": out.json_mode,
                     },
                 )
                 done += 1

@@ -27,10 +27,13 @@ class Command(BaseCommand):
             if user is None:
                 raise CommandError(f"No user named {options['user']!r}.")
         try:
-            dataset = dataset_register(uri=options["uri"], created_by=user)
+            done = dataset_register(uri=options["uri"], created_by=user)
         except RegistrationError as e:
             raise CommandError("\n  ".join([str(e), *e.problems])) from e
+        dataset = done.dataset
+        if not done.created:
+            self.stdout.write(done.message)
         self.stdout.write(
             f"{dataset} (id {dataset.pk}): {dataset.sample_count} samples, {dataset.total_bytes} bytes, "
-            f"manifest {dataset.manifest_sha256} from {dataset.source_uri}"
+            f"manifest {dataset.manifest_sha256} from {' and '.join(dataset.sources)}"
         )

@@ -1,6 +1,7 @@
-"""Which onnxruntime execution provider the RapidOCR image runs on.
+"""Which onnxruntime execution provider an ONNX model image runs on.
 
-A pure function of what onnxruntime offers (``onnxruntime.get_available_providers()``),
+Shared by the images that run ONNX models through onnxruntime (``ocr-rapidocr``,
+``table-rapidtable``). A pure function of what onnxruntime offers (``onnxruntime.get_available_providers()``),
 whether the container sees a GPU, and the model's ``device`` param; stdlib only, so
 the host's test suite checks the choice without onnxruntime, RapidOCR or a GPU.
 
@@ -31,7 +32,7 @@ def gpu_visible(dev: Path = Path("/dev")) -> bool:
 
 
 def select_provider(available: Sequence[str], *, device: str = "auto", has_gpu: bool = True) -> str:
-    """Return the execution provider to run RapidOCR on.
+    """Return the execution provider to run the image's ONNX sessions on.
 
     Args:
         available: ``onnxruntime.get_available_providers()``.

@@ -1,0 +1,1 @@
+"""The commands, one module per group; each ``cmd_*`` takes a Ctx and returns an exit code."""
