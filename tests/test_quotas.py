@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 from typing import Any
 from unittest import mock
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from apps.catalog.models import Dataset, ModelImage
 from apps.quotas.models import UserQuota
 from apps.quotas.services import quotas_for
+from apps.runs import services
 from apps.runs.models import Experiment, Run
+from tests.conftest import _client
 
 
 @pytest.fixture(autouse=True)
@@ -75,6 +80,39 @@ def test_concurrent_runs_answer_429_until_one_finishes(alice: User, as_alice: AP
     assert oldest is not None
     Run.objects.filter(pk=oldest.pk).update(state=Run.State.SUCCEEDED)
     assert _start(as_alice, exp).status_code == 201
+
+
+@pytest.mark.django_db(transaction=True)
+def test_simultaneous_starts_cannot_pass_the_concurrent_runs_check_together(
+    alice: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Six starts at the same instant, each slowed between the quota check and its run's row (the
+    window a race would use): exactly the quota's two runs exist, the other four are told 429."""
+    exp = _experiment(alice)
+    create = services._create_run
+
+    def slow_create(*args: Any, **kwargs: Any) -> Run:
+        time.sleep(0.3)
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(services, "_create_run", slow_create)
+    barrier = threading.Barrier(6)
+    codes: list[int] = []
+
+    def start(client: APIClient) -> None:
+        try:
+            barrier.wait()
+            codes.append(_start(client, exp).status_code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=start, args=(_client(alice),)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(codes) == [201, 201, 429, 429, 429, 429], codes
+    assert Run.objects.count() == 2
 
 
 def test_runs_per_day_answer_429_with_retry_after_then_free_up(alice: User, as_alice: APIClient) -> None:

@@ -38,7 +38,7 @@ from apps.catalog.uploads import (
 )
 from apps.catalog.validators import params_problem, printable, text_problem
 from apps.hosts.models import Host
-from apps.quotas.services import check_run_quota, upload_bytes_left, upload_within_quota
+from apps.quotas.services import run_admission, upload_bytes_left, upload_within_quota
 from apps.runs import artifacts
 from apps.runs.comparisons import comparison_start
 from apps.runs.models import Comparison, Experiment, Run
@@ -215,11 +215,12 @@ class RunViewSet(SafeLookupMixin, viewsets.ReadOnlyModelViewSet):
                     status=status.HTTP_400_BAD_REQUEST,
                 )
         shards = ser.validated_data["shards"]
-        check_run_quota(request.user, shards)  # QuotaExceeded: 403 or 429 (apps/api/errors.py)
         try:
-            run = run_start(
-                experiment=experiment, user=request.user, shards=shards, reuse=ser.validated_data["reuse"]
-            )
+            # QuotaExceeded: 403 or 429 (apps/api/errors.py)
+            with run_admission(request.user, shards):
+                run = run_start(
+                    experiment=experiment, user=request.user, shards=shards, reuse=ser.validated_data["reuse"]
+                )
         except RunError as e:
             return Response({"detail": str(e)}, status=status.HTTP_400_BAD_REQUEST)
         return Response(
@@ -250,9 +251,9 @@ class RunViewSet(SafeLookupMixin, viewsets.ReadOnlyModelViewSet):
                 {"detail": "Only the experiment's owner (or staff) retries its runs; others may read it."},
                 status=status.HTTP_403_FORBIDDEN,
             )
-        check_run_quota(request.user, run.shard_count)
         try:
-            new = run_retry(run=run, user=request.user)
+            with run_admission(request.user, run.shard_count):
+                new = run_retry(run=run, user=request.user)
         except RunNotRetryable as e:
             return Response({"detail": str(e)}, status=status.HTTP_409_CONFLICT)
         except RunError as e:

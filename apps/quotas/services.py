@@ -7,12 +7,16 @@ limit unless a ``UserQuota`` row sets one. 0 means no limit.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
 from django.utils import timezone
 
 from apps.catalog.services import Registration
@@ -64,6 +68,22 @@ def quotas_for(user: Any) -> Quotas:
             own = None if user.is_staff else int(getattr(settings, setting))
         values[name] = own or None  # 0: no limit
     return Quotas(**values)
+
+
+@contextmanager
+def run_admission(user: Any, shards: int) -> Iterator[None]:
+    """Check the run quotas and keep them true until the caller's run exists.
+
+    Start the run inside the block: the starter's user row stays locked to the end of the
+    transaction (PostgreSQL; SQLite's IMMEDIATE transactions serialise writers anyway), so two
+    starts of one user at the same instant cannot both pass the concurrent-runs or runs-per-day
+    check. Raises :class:`QuotaExceeded` like :func:`check_run_quota`.
+    """
+    with transaction.atomic():
+        if user.pk is not None:
+            list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk"))
+        check_run_quota(user, shards)
+        yield
 
 
 def check_run_quota(user: Any, shards: int) -> None:
