@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from hyperbench_web import envfile
 
@@ -57,6 +58,16 @@ def _control_index(name: str) -> int | None:
 def host_names(n: int) -> tuple[str, ...]:
     """The devstack's names of ``n`` host workers: ``host``, ``host2``, ... ``host<n>``."""
     return ("host", *(f"host{i}" for i in range(2, max(1, n) + 1)))
+
+
+def shared_cache_url(broker_url: str) -> str:
+    """Django's cache for a stack's processes: the broker's Redis, the database after the
+    broker's; the per-process default where the broker is not Redis."""
+    parts = urlsplit(broker_url)
+    if parts.scheme not in ("redis", "rediss"):
+        return "locmemcache://"
+    db = parts.path.strip("/")
+    return urlunsplit(parts._replace(path=f"/{int(db) + 1 if db.isdigit() else 1}"))
 
 
 def _host_index(name: str) -> int | None:
@@ -131,6 +142,9 @@ class Stack:
         env["PYTHONUNBUFFERED"] = "1"
         if django:
             env["DJANGO_SETTINGS_MODULE"] = "hyperbench_web.settings"
+            # The web's two gunicorn workers share one cache, so a throttle counts every request
+            # (with the per-process default each worker would allow its own 10 passwords a minute).
+            env.setdefault("CACHE_URL", shared_cache_url(self.broker_url))
             if self.database_url:
                 env["DATABASE_URL"] = self.database_url
             if self.secret_key:

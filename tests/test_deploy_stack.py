@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from typing import Any
 import pytest
 import requests
 import yaml
+
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker" / "compose.yml"
@@ -114,16 +115,10 @@ def test_the_beat_schedule_sends_the_reconciler_to_the_control_queue() -> None:
 # --- Flower ------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _flower(
     redis_url: str, *extra: str, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[str], str]:
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, str(LAUNCHER), "-A", "worker.celery_app", "--broker", redis_url, "flower",
            f"--port={port}", "--address=127.0.0.1", *extra]  # fmt: skip
     proc = subprocess.Popen(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from kombu import Connection, Exchange, Queue
 from tls_pki import make_pki
 
 from hyperbench_web.devstack import REPO, VENV_BIN
+from tests.conftest import free_port
 from worker import brokertls, contract
 
 HOST = "pod1"
@@ -72,12 +72,6 @@ def control_acl(password: str) -> str:
     return f"on >{password} ~* &* +@all -@dangerous"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Broker:
     port: int
@@ -111,7 +105,7 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         f"user hb-control {control_acl(CONTROL_PW)}\n"
         f"user hb-host-{HOST} {host_acl(HOST, HOST_PW)}\n"
     )
-    port = _free_port()
+    port = free_port()
     # fmt: off
     proc = subprocess.Popen(
         [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
