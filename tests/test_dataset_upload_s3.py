@@ -11,17 +11,19 @@ from __future__ import annotations
 import base64
 import csv
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.utils import timezone
 from faultproxy import FaultProxy, Rule
 from rest_framework.test import APIClient
 from s3_fixtures import ACCESS_KEY, REGION, SECRET_KEY, SeaweedS3, scratch_bucket
 
-from apps.catalog.models import Dataset
-from apps.catalog.uploads import uploaded_bytes
+from apps.catalog.models import Dataset, UploadClaim
+from apps.catalog.uploads import CLAIM_STALE, uploaded_bytes
 from tests.test_dataset_upload import layout_files, left_on_disk, make_zip, png, post
 from worker.s3manifest import validate_s3
 
@@ -85,6 +87,28 @@ def test_an_upload_lands_in_the_bucket_and_is_registered_as_s3(
     assert again.status_code == 409, again.content
     assert len(keys(s3_server, bucket)) == 4
     assert Dataset.objects.count() == 1
+
+
+def test_an_upload_of_a_version_being_uploaded_is_a_409_that_writes_nothing(
+    s3_server: SeaweedS3, s3_uploads: Path, bucket: str, as_alice: APIClient, tmp_path: Path
+) -> None:
+    """Another request writes ``up@1`` now (its claim): this one writes no object, so its own
+    clean-up can never delete what the other wrote. A claim left by a web process that died
+    (older than CLAIM_STALE) is taken over; a finished upload leaves no claim."""
+    claim = UploadClaim.objects.create(name="up", version="1")
+    r = post(as_alice, make_zip(tmp_path / "up.zip", layout_files()))
+    assert r.status_code == 409, r.content
+    assert "being uploaded by another request" in r.json()["detail"]
+    assert keys(s3_server, bucket) == []
+    assert not Dataset.objects.exists()
+    assert left_on_disk(s3_uploads) == []
+
+    abandoned = timezone.now() - CLAIM_STALE - timedelta(seconds=1)
+    UploadClaim.objects.filter(pk=claim.pk).update(created_at=abandoned)
+    r = post(as_alice, make_zip(tmp_path / "up2.zip", layout_files()))
+    assert r.status_code == 201, r.content
+    assert len(keys(s3_server, bucket)) == 4
+    assert not UploadClaim.objects.exists()
 
 
 def test_a_converted_format_is_written_to_s3_too(

@@ -7,6 +7,7 @@ from typing import ClassVar
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
+from django.utils import timezone
 
 
 class Dataset(models.Model):
@@ -54,6 +55,25 @@ class Dataset(models.Model):
     def sources(self) -> list[str]:
         """Every source of this version, the primary first."""
         return [u for u in (self.source_uri, self.s3_uri) if u]
+
+
+class UploadClaim(models.Model):
+    """An upload of ``name@version`` being written to S3 (apps/catalog/uploads.py): one at a time,
+    so that one upload's clean-up after a failure cannot delete the objects another one wrote
+    under the same prefix. Removed when the upload ends; one left by a web process that died is
+    taken over after ``uploads.CLAIM_STALE``."""
+
+    name = models.CharField(max_length=200)
+    version = models.CharField(max_length=100)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints: ClassVar[list[models.BaseConstraint]] = [
+            models.UniqueConstraint(fields=["name", "version"], name="upload_claim_name_version_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"upload of {self.name}@{self.version}"
 
 
 # Every field a staff member sets on a model, in the model's order: the admin's form and the API's

@@ -12,7 +12,9 @@ With ``HYPERBENCH_UPLOADS_URI=s3://bucket/prefix/`` (an allow-listed bucket), th
 converted the same way in ``<HYPERBENCH_UPLOADS_ROOT>/.staging/`` and then written to
 ``s3://bucket/prefix/<name>/<version>/`` (apps/catalog/s3uploads.py, manifest last) and
 registered as that ``s3://`` URI, as ``POST /api/v1/datasets/`` would register it; on any
-failure the objects it wrote are removed and nothing is registered.
+failure the objects it wrote are removed and nothing is registered. One upload of a name@version
+writes at a time (``UploadClaim``, a row unique per name and version): a second one at the same
+moment is a 409 before it writes anything.
 """
 
 from __future__ import annotations
@@ -21,19 +23,24 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
+from django.db import IntegrityError, transaction
 from django.db.models import Q, Sum
+from django.utils import timezone
 
 from apps.catalog import s3uploads
 from apps.catalog.archives import ArchiveRefused, OverQuota, UnpackLimits, is_archive, unpack
 from apps.catalog.importers import LAYOUT, ImportFailure, Options, run_import
-from apps.catalog.models import Dataset
+from apps.catalog.models import Dataset, UploadClaim
 from apps.catalog.services import (
     Registration,
     RegistrationConflict,
@@ -319,14 +326,39 @@ def _store_s3(
     bucket, prefix = target
     key_prefix = s3uploads.version_prefix(prefix, name, version)
     client = s3uploads.web_s3_client()
-    s3uploads.ensure_empty(client, bucket, key_prefix, label)
-    written: list[str] = []
+    with _claimed(name, version):
+        s3uploads.ensure_empty(client, bucket, key_prefix, label)
+        written: list[str] = []
+        try:
+            uri = s3uploads.put_version(client, out, bucket, key_prefix, written)
+            return dataset_register(uri=uri, created_by=user)
+        except BaseException:
+            s3uploads.remove_keys(client, bucket, written)
+            raise
+
+
+#: A claim this old belongs to an upload whose web process died (an upload is capped in bytes).
+CLAIM_STALE = timedelta(hours=6)
+
+
+@contextmanager
+def _claimed(name: str, version: str) -> Iterator[None]:
+    """Hold the one claim on writing ``name@version`` to S3 (RegistrationConflict if another
+    upload holds it), committed before the first write and dropped when the block ends."""
+    stale = timezone.now() - CLAIM_STALE
+    UploadClaim.objects.filter(name=name, version=version, created_at__lt=stale).delete()
     try:
-        uri = s3uploads.put_version(client, out, bucket, key_prefix, written)
-        return dataset_register(uri=uri, created_by=user)
-    except BaseException:
-        s3uploads.remove_keys(client, bucket, written)
-        raise
+        with transaction.atomic():
+            claim = UploadClaim.objects.create(name=name, version=version)
+    except IntegrityError:
+        raise RegistrationConflict(
+            f"{name}@{version} is being uploaded by another request right now; dataset versions are "
+            "immutable: if that upload fails, upload again, else choose a new version."
+        ) from None
+    try:
+        yield
+    finally:
+        UploadClaim.objects.filter(pk=claim.pk).delete()
 
 
 def _remove_empty(folder: Path, root: Path) -> None:
