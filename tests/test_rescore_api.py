@@ -98,6 +98,28 @@ def test_a_rescore_sends_evaluate_on_the_stored_predictions_with_todays_eval_ima
     assert "being re-scored already" in again.json()["detail"]
 
 
+def test_rescores_under_way_count_towards_the_concurrent_runs_quota(
+    alice: User, as_alice: APIClient, settings: Any
+) -> None:
+    """A rescore runs containers like a run's end: with a quota of 2, two rescores under way
+    leave room for no third, nor for a run; once one has ended, the next may start."""
+    runs = [_succeeded(as_alice, _experiment(alice, f"r{i}")) for i in range(3)]
+    settings.HYPERBENCH_QUOTA_CONCURRENT_RUNS = 2
+    for run in runs[:2]:
+        assert as_alice.post(f"/api/v1/runs/{run.pk}/rescore/").status_code == 201
+
+    third = as_alice.post(f"/api/v1/runs/{runs[2].pk}/rescore/")
+    assert third.status_code == 429, third.content
+    assert third.json()["quota"] == "concurrent_runs"
+    assert "2 unfinished runs and re-scores" in third.json()["detail"]
+    start = as_alice.post("/api/v1/runs/", {"experiment": runs[0].experiment_id}, format="json")
+    assert start.status_code == 429
+    assert Evaluation.objects.count() == 2
+
+    Evaluation.objects.filter(run=runs[0]).update(state=Evaluation.State.SUCCEEDED)
+    assert as_alice.post(f"/api/v1/runs/{runs[2].pk}/rescore/").status_code == 201
+
+
 @pytest.mark.parametrize(
     "state", [Run.State.QUEUED, Run.State.RUNNING, Run.State.FAILED, Run.State.CANCELLED]
 )

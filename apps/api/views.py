@@ -275,7 +275,8 @@ class RunViewSet(SafeLookupMixin, viewsets.ReadOnlyModelViewSet):
                 status=status.HTTP_403_FORBIDDEN,
             )
         try:
-            ev = run_rescore(run=run, user=request.user)
+            with run_admission(request.user, 0):
+                ev = run_rescore(run=run, user=request.user)
         except RunNotRescorable as e:
             return Response({"detail": str(e)}, status=status.HTTP_409_CONFLICT)
         except RunError as e:

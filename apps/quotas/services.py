@@ -22,7 +22,7 @@ from django.utils import timezone
 from apps.catalog.services import Registration
 from apps.catalog.uploads import UploadOverQuota, UploadRequest, dataset_upload, uploaded_bytes
 from apps.quotas.models import UserQuota
-from apps.runs.models import Run
+from apps.runs.models import Evaluation, Run
 
 DAY = timedelta(days=1)
 
@@ -87,7 +87,8 @@ def run_admission(user: Any, shards: int) -> Iterator[None]:
 
 
 def check_run_quota(user: Any, shards: int) -> None:
-    """Raise :class:`QuotaExceeded` if ``user`` starting a run of ``shards`` shards would exceed a quota."""
+    """Raise :class:`QuotaExceeded` if ``user`` starting a run of ``shards`` shards would exceed a
+    quota; ``shards=0``: a rescore, held to ``concurrent_runs`` only."""
     q = quotas_for(user)
     if q.shards_per_run is not None and shards > q.shards_per_run:
         raise QuotaExceeded(
@@ -99,16 +100,18 @@ def check_run_quota(user: Any, shards: int) -> None:
         )
     mine = Run.objects.filter(created_by_id=user.pk)
     if q.concurrent_runs is not None:
-        active = mine.filter(state__in=Run.ACTIVE).count()
+        # A rescore runs the eval and report containers like a run's end: it counts as one.
+        rescores = Evaluation.objects.filter(created_by_id=user.pk, state__in=Evaluation.ACTIVE).count()
+        active = mine.filter(state__in=Run.ACTIVE).count() + rescores
         if active >= q.concurrent_runs:
             raise QuotaExceeded(
-                f"Quota concurrent_runs: you have {active} unfinished runs and may have at most "
-                f"{q.concurrent_runs}. Wait for one to finish or cancel one, or {HOW_TO_GET_MORE}",
+                f"Quota concurrent_runs: you have {active} unfinished runs and re-scores and may have "
+                f"at most {q.concurrent_runs}. Wait for one to finish or cancel a run, or {HOW_TO_GET_MORE}",
                 quota="concurrent_runs",
                 limit=q.concurrent_runs,
                 status=429,
             )
-    if q.runs_per_day is not None:
+    if q.runs_per_day is not None and shards > 0:
         since = timezone.now() - DAY
         recent = mine.filter(created_at__gte=since)
         count = recent.count()
