@@ -20,6 +20,7 @@ import requests
 from rest_framework.test import APIClient
 from s3_fixtures import ACCESS_KEY, REGION, SECRET_KEY, SeaweedS3, make_dataset
 
+from apps.runs import dispatch
 from apps.runs.models import Run, RunEvent, RunShard
 from hyperbench_web.devstack import Stack
 from tests.conftest import (
@@ -205,8 +206,6 @@ def test_a_retried_shard_is_evaluated_from_its_own_attempt_never_mixed_with_an_e
     roots: dict[str, Path],
     images: dict[str, str],
 ) -> None:
-    from hyperbench_web.celery import app
-
     exp = _echo_experiment(as_staff, as_alice, images, roots["datasets"] / "s3-retry" / "1", count=4, seed=23)
     # The host is down while the run starts: attempt 1's message waits in Redis.
     workers.stop(("host",))
@@ -226,11 +225,9 @@ def test_a_retried_shard_is_evaluated_from_its_own_attempt_never_mixed_with_an_e
         attempt=2, state=RunShard.State.PENDING
     )
     assert moved == 1
-    app.send_task(
-        contract.TASK_INFER_SHARD,
-        args=[{"spec": run.spec, "shard": 0, "attempt": 2}],
-        queue=contract.Queue.CPU,
-    )
+    # Sent as the reconciler sends it, under its task id: the host's heartbeats then say it holds
+    # attempt 2, so the reconciler's last resort (a quiet shard no host holds) leaves it alone.
+    dispatch.send_shard(run.spec, 0, 2, contract.Queue.CPU)
     log = workers.log_dir / "host.log"
     log.rename(workers.log_dir / f"host.{time.time_ns()}.log")
     workers.start(("host",))
