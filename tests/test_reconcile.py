@@ -103,6 +103,25 @@ def test_a_shard_of_a_host_that_came_back_as_a_new_instance_moves_at_once(alice:
     assert "attempt 2" in log
 
 
+def test_a_shard_started_by_a_new_instance_before_its_first_heartbeat_is_left_alone(alice: User) -> None:
+    """The new start's `started` was drained before its first heartbeat: the host row still holds
+    the previous start's report. The shard is not lost; it moves only if a report stored after
+    it names another instance."""
+    now = timezone.now()
+    Host.objects.create(
+        name="gpu-01", last_seen=now, instance="previous-start", reported_at=now - timedelta(seconds=1)
+    )
+    shard = _running_shard(alice)
+    RunShard.objects.filter(pk=shard.pk).update(updated_at=now, instance="new-start")
+
+    assert runs_reconcile() == []
+
+    Host.objects.filter(name="gpu-01").update(instance="new-start", reported_at=timezone.now())
+    assert runs_reconcile() == []
+    Host.objects.filter(name="gpu-01").update(instance="a-later-start", reported_at=timezone.now())
+    assert runs_reconcile() == [f"run {shard.run_id} shard 0: attempt 2"]
+
+
 def test_a_shard_of_a_live_host_on_the_same_instance_is_left_alone(alice: User) -> None:
     shard = _running_shard(alice)
     RunShard.objects.filter(pk=shard.pk).update(updated_at=timezone.now(), instance="same")

@@ -22,6 +22,10 @@ class Host(models.Model):
         default=list, blank=True, help_text="Ids of the tasks it held (running or reserved)"
     )
     last_seen = models.DateTimeField()
+    reported_at = models.DateTimeField(
+        default=timezone.now,
+        help_text="When the control plane stored the last report (its own clock; last_seen is the host's)",
+    )
     nvml = models.BooleanField(default=False, help_text="NVML answered on this host")
     gpus = models.JSONField(default=list, blank=True)
     cache = models.JSONField(default=list, blank=True)

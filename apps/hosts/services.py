@@ -4,6 +4,7 @@ import logging
 from datetime import UTC, datetime
 
 from django.db import transaction
+from django.utils import timezone
 
 from apps.hosts.models import Host
 from worker import contract
@@ -34,6 +35,7 @@ def host_report_record(*, report: contract.HostReport) -> tuple[Host, bool]:
         "cache_bytes": int(report.get("cache_bytes", 0)),
         "cache_budget_bytes": int(report.get("cache_budget_bytes", 0)),
         "running": report.get("running", []),
+        "reported_at": timezone.now(),
     }
     host, created = Host.objects.get_or_create(name=report["host"], defaults=fields)
     if created:

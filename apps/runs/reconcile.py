@@ -5,8 +5,9 @@ worker comes back with a new instance id (``apps/hosts/tasks.py``). Each rule
 claims its row with a conditional update, so two reconcilers (or two passes)
 never act twice on one thing:
 
-1. a running shard whose host worker restarted (its heartbeat carries another
-   instance id than the shard's attempt was started by) or went silent (no
+1. a running shard whose host worker restarted (a heartbeat stored after the
+   shard last spoke carries another instance id than the shard's attempt was
+   started by) or went silent (no
    heartbeat for ``HYPERBENCH_HOST_SILENT_S``, three intervals) moves to its
    next attempt at once;
 2. a running shard that sent nothing for ``HYPERBENCH_STALE_SHARD_S`` and whose
@@ -67,7 +68,16 @@ def _runs_container(host: Host | None, run_id: int, *, shard: int | None = None,
 def _lost_reason(shard: RunShard, host: Host | None, stale_before: datetime) -> str | None:
     """Why a running shard's attempt is lost, or None while it may still be alive."""
     where = shard.host or "its host"
-    if host is not None and shard.instance and host.instance and host.instance != shard.instance:
+    if (
+        host is not None
+        and shard.instance
+        and host.instance
+        and host.instance != shard.instance
+        # A report stored after the shard's last word: else the host row may still hold the last
+        # start's report while the shard was started by the new one (its `started` drained before
+        # its first heartbeat), and the shard is not lost.
+        and host.reported_at >= shard.updated_at
+    ):
         return f"the host worker on {where} restarted (instance {shard.instance} is gone)"
     if host is not None and host.silent:
         return f"{where} went silent (no heartbeat for {settings.HYPERBENCH_HOST_SILENT_S}s)"
