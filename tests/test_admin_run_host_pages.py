@@ -122,7 +122,11 @@ def _hosts(run_id: int) -> tuple[Host, Host]:
                   "started": "2024-05-01T12:00:00.123456789Z"}],
     )  # fmt: skip
     silent = Host.objects.create(
-        name="cpu-node-2", worker="host@cpu-node-2", last_seen=now - timedelta(minutes=20), nvml=False
+        name="cpu-node-2",
+        worker="host@cpu-node-2",
+        last_seen=now - timedelta(minutes=20),
+        reported_at=now - timedelta(minutes=20),
+        nvml=False,
     )
     return live, silent
 

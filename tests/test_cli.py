@@ -297,6 +297,7 @@ def test_runs_leaderboard_and_hosts_read_as_tables_and_as_json(cli: Cli, alice: 
     Host.objects.create(
         name="gpu-box",
         last_seen="2020-01-01T00:00:00Z",
+        reported_at="2020-01-01T00:00:00Z",
         nvml=True,
         gpus=[
             {

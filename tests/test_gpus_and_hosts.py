@@ -123,10 +123,13 @@ def test_the_host_worker_reports_itself_with_no_gpus_where_nvml_is_absent(
 
 
 def test_a_host_that_stopped_reporting_is_shown_as_silent(db: None, as_alice: APIClient) -> None:
-    Host.objects.create(name="gpu-07", last_seen=timezone.now() - timedelta(minutes=10))
+    old = timezone.now() - timedelta(minutes=10)
+    Host.objects.create(name="gpu-07", last_seen=old, reported_at=old)
     Host.objects.create(name="gpu-08", last_seen=timezone.now())
+    # Its clock runs ten minutes behind, but its report was stored just now: not silent.
+    Host.objects.create(name="gpu-09", last_seen=old)
     listed = {h["name"]: h["silent"] for h in as_alice.get("/api/v1/hosts/").json()["results"]}
-    assert listed == {"gpu-07": True, "gpu-08": False}
+    assert listed == {"gpu-07": True, "gpu-08": False, "gpu-09": False}
 
 
 @pytest.mark.docker

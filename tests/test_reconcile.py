@@ -29,10 +29,9 @@ def _running_shard(alice: User, *, attempt: int = 1, host: str = "gpu-01") -> Ru
 
 def test_a_quiet_shard_on_a_silent_host_is_dispatched_again(alice: User) -> None:
     shard = _running_shard(alice)
+    hour_ago = timezone.now() - timedelta(hours=1)
     Host.objects.create(
-        name="gpu-01",
-        last_seen=timezone.now() - timedelta(hours=1),
-        running=[{"run": shard.run_id, "shard": 0}],
+        name="gpu-01", last_seen=hour_ago, reported_at=hour_ago, running=[{"run": shard.run_id, "shard": 0}]
     )
 
     actions = runs_reconcile()

@@ -50,5 +50,7 @@ class Host(models.Model):
 
     @property
     def silent(self) -> bool:
-        """No heartbeat for three periods: the worker is gone, stuck or cut off."""
-        return timezone.now() - self.last_seen > timedelta(seconds=settings.HYPERBENCH_HOST_SILENT_S)
+        """No heartbeat stored for three periods: the worker is gone, stuck or cut off. Counted on
+        the control plane's clock (``reported_at``), so a host whose clock runs behind is not
+        taken for silent and its shards are not moved away."""
+        return timezone.now() - self.reported_at > timedelta(seconds=settings.HYPERBENCH_HOST_SILENT_S)
