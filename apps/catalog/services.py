@@ -158,8 +158,9 @@ def s3_location(uri: str) -> tuple[str, str]:
         raise RegistrationError(f"Dataset URI {uri!r} is not valid: {'; '.join(e.problems)}.") from e
 
 
-def web_s3_client() -> Any:
-    """The shared factory's client: the configured endpoint and keys (no credential chain)."""
+def web_s3_client(*, max_attempts: int = 4) -> Any:
+    """The shared factory's client with the web side's settings: the configured endpoint and keys
+    (no credential chain). Dataset registration and uploads, and the artifact store's links."""
     return s3_client(
         S3ClientSettings(
             endpoint_url=settings.HYPERBENCH_S3_ENDPOINT_URL or None,
@@ -167,7 +168,7 @@ def web_s3_client() -> Any:
             access_key_id=settings.HYPERBENCH_S3_ACCESS_KEY_ID,
             secret_access_key=settings.HYPERBENCH_S3_SECRET_ACCESS_KEY,
             session_token=settings.HYPERBENCH_S3_SESSION_TOKEN or None,
-            max_attempts=4,
+            max_attempts=max_attempts,
             connect_timeout_s=settings.HYPERBENCH_S3_TIMEOUT_S,
             read_timeout_s=settings.HYPERBENCH_S3_TIMEOUT_S,
         )

@@ -19,7 +19,8 @@ from urllib.parse import quote, unquote, urlparse
 from django.conf import settings
 from django.utils.http import content_disposition_header
 
-from worker.s3 import S3ClientSettings, S3UriError, parse_s3_uri, s3_client
+from apps.catalog.services import web_s3_client
+from worker.s3 import S3UriError, parse_s3_uri
 
 _CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -128,18 +129,7 @@ def _client() -> Any:
         raise ArtifactError(
             "s3:// artifacts need AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY on the web server."
         )
-    return s3_client(
-        S3ClientSettings(
-            endpoint_url=settings.HYPERBENCH_S3_ENDPOINT_URL or None,
-            region=settings.HYPERBENCH_S3_REGION,
-            access_key_id=settings.HYPERBENCH_S3_ACCESS_KEY_ID,
-            secret_access_key=settings.HYPERBENCH_S3_SECRET_ACCESS_KEY,
-            session_token=settings.HYPERBENCH_S3_SESSION_TOKEN or None,
-            max_attempts=3,
-            connect_timeout_s=settings.HYPERBENCH_S3_TIMEOUT_S,
-            read_timeout_s=settings.HYPERBENCH_S3_TIMEOUT_S,
-        )
-    )
+    return web_s3_client(max_attempts=3)
 
 
 def presigned_url(loc: Location, *, filename: str | None = None) -> str:
